@@ -1,0 +1,147 @@
+"""Signal catalogs: ``Message.Signal`` -> COVESA VSS path, unit and privacy category.
+
+A catalog is a YAML file next to its DBC (``name.dbc`` -> ``name.catalog.yaml``).
+A signal without an entry keeps its DBC name and is ``unclassified``, which the
+privacy stage never uploads (fail closed).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cantools.database import Database
+
+from agent.model import ALL_CATEGORIES, CATEGORIES, UNCLASSIFIED
+from agent.yamlsrc import ConfigError, load_file
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    vss: str
+    unit: str
+    category: str
+    review: bool = False
+
+
+@dataclass
+class Catalog:
+    source: str
+    entries: dict[str, CatalogEntry]
+
+    def lookup(self, key: str) -> CatalogEntry | None:
+        return self.entries.get(key)
+
+    @classmethod
+    def empty(cls) -> Catalog:
+        return cls("<none>", {})
+
+    def merged(self, other: Catalog) -> Catalog:
+        return Catalog(f"{self.source}+{other.source}", {**self.entries, **other.entries})
+
+
+def catalog_path_for(dbc_path: str | Path) -> Path:
+    dbc_path = Path(dbc_path)
+    return dbc_path.with_name(dbc_path.stem + ".catalog.yaml")
+
+
+_VSS_RE = re.compile(r"^[A-Z][A-Za-z0-9]*(\.[A-Za-z0-9_]+)+$")
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    doc = load_file(path)
+    data = doc.data
+    if not isinstance(data, dict) or not isinstance(data.get("signals"), dict):
+        raise doc.error((), "a catalog is a mapping with a 'signals' mapping")
+    for key in data:
+        if key not in ("dbc", "signals"):
+            raise doc.error((key,), "unknown key (known keys: dbc, signals)")
+    entries: dict[str, CatalogEntry] = {}
+    for key, value in data["signals"].items():
+        path_ = ("signals", key)
+        if "." not in key:
+            raise doc.error(path_, "catalog keys are Message.Signal")
+        if not isinstance(value, dict):
+            raise doc.error(path_, "expected a mapping with vss, unit, category")
+        unknown = set(value) - {"vss", "unit", "category", "review"}
+        if unknown:
+            raise doc.error((*path_, sorted(unknown)[0]), "unknown key (known keys: vss, unit, category, review)")
+        category = value.get("category", UNCLASSIFIED)
+        if category not in ALL_CATEGORIES:
+            raise doc.error((*path_, "category"), f"unknown category {category!r} (known: {', '.join(ALL_CATEGORIES)})")
+        vss = str(value.get("vss") or "")
+        if vss and not _VSS_RE.match(vss):
+            raise doc.error((*path_, "vss"), f"not a VSS path: {vss!r}")
+        entries[key] = CatalogEntry(
+            vss=vss, unit=str(value.get("unit") or ""), category=category, review=bool(value.get("review", False))
+        )
+    return Catalog(str(path), entries)
+
+
+# Name fragments that suggest a category when drafting.  A guess only: drafted
+# entries are marked ``review: true`` until a person confirms them.
+_GUESSES: tuple[tuple[str, str], ...] = (
+    (r"lat|lon|gps|gnss|geo|position|altitude|heading|odo", "location"),
+    (r"vin|serial|identif|\bid\b|key", "identity"),
+    (r"cabin|seat|occupan|belt|door|window|hvac|climate|mirror|infotain|radio|media|voice|mic", "cabin"),
+    (r"camera|video|image|sentry", "camera"),
+    (r"airbag|crash|collision|aeb|impact|incident|emergency", "incident"),
+    (r"charg|plug|evse|dcfc|\bac\b|soc|battery|batt|bms|cell", "charging"),
+    (r"speed|accel|brake|steer|throttle|pedal|gear|torque|yaw|wheel|rpm|cruise|imu|attitude|roll|pitch",
+     "driving"),
+    (r"temp|volt|curr|pressure|fault|error|status|health|coolant|oil|tire|tyre|diag|dtc|inverter|motor",
+     "vehicle_health"),
+)
+
+_VSS_GUESSES: dict[str, str] = {
+    "location": "Vehicle.CurrentLocation",
+    "driving": "Vehicle",
+    "charging": "Vehicle.Powertrain.TractionBattery",
+    "vehicle_health": "Vehicle.Diagnostics",
+    "cabin": "Vehicle.Cabin",
+    "identity": "Vehicle.VehicleIdentification",
+    "camera": "Vehicle.ADAS",
+    "incident": "Vehicle.Safety",
+}
+
+
+def guess_category(message: str, signal: str) -> str:
+    name = f"{message} {signal}".lower().replace("_", " ")
+    for pattern, category in _GUESSES:
+        if re.search(pattern, name):
+            return category
+    return UNCLASSIFIED
+
+
+def _vss_leaf(signal: str) -> str:
+    parts = [p for p in re.split(r"[^A-Za-z0-9]+", signal) if p]
+    leaf = "".join(p[:1].upper() + p[1:] for p in parts) or "Signal"
+    return leaf if leaf[0].isalpha() else "S" + leaf
+
+
+def draft_catalog(database: Database, dbc_name: str) -> str:
+    """YAML text of a drafted catalog; every entry is marked for review."""
+    lines = [
+        f"# Signal catalog drafted from {dbc_name} by `vehicle-agent catalog init`.",
+        "# Categories were guessed from names: check each entry, then set review: false.",
+        f"# Categories: {', '.join(CATEGORIES)} (anything else stays unclassified and never leaves the car).",
+        f"dbc: {dbc_name}",
+        "signals:",
+    ]
+    for message in sorted(database.messages, key=lambda m: m.name):
+        for signal in message.signals:
+            category = guess_category(message.name, signal.name)
+            prefix = _VSS_GUESSES.get(category, "Vehicle.Private")
+            vss = f"{prefix}.{_vss_leaf(message.name)}.{_vss_leaf(signal.name)}"
+            unit = (signal.unit or "").replace('"', "'")
+            lines.append(f"  {message.name}.{signal.name}:")
+            lines.append(f"    vss: {vss}")
+            lines.append(f'    unit: "{unit}"')
+            lines.append(f"    category: {category}")
+            lines.append("    review: true")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Catalog", "CatalogEntry", "ConfigError", "catalog_path_for", "draft_catalog", "guess_category",
+           "load_catalog"]
