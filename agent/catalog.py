@@ -79,20 +79,27 @@ def load_catalog(path: str | Path) -> Catalog:
     return Catalog(str(path), entries)
 
 
-# Name fragments that suggest a category when drafting.  A guess only: drafted
-# entries are marked ``review: true`` until a person confirms them.
+# Word prefixes that suggest a category when drafting, tried in order on the
+# words of "Message Signal" (split at case changes and punctuation).  A guess
+# only: drafted entries are marked ``review: true`` until a person confirms them.
 _GUESSES: tuple[tuple[str, str], ...] = (
-    (r"lat|lon|gps|gnss|geo|position|altitude|heading|odo", "location"),
-    (r"vin|serial|identif|\bid\b|key", "identity"),
+    (r"lat|latitude|lon|lng|longitude|gps|gnss|geo|position|altitude|heading|odo", "location"),
+    (r"vin|serial|identif", "identity"),
     (r"cabin|seat|occupan|belt|door|window|hvac|climate|mirror|infotain|radio|media|voice|mic", "cabin"),
     (r"camera|video|image|sentry", "camera"),
     (r"airbag|crash|collision|aeb|impact|incident|emergency", "incident"),
-    (r"charg|plug|evse|dcfc|\bac\b|soc|battery|batt|bms|cell", "charging"),
+    (r"charg|plug|evse|dcfc|soc|battery|batt|bms|cell", "charging"),
     (r"speed|accel|brake|steer|throttle|pedal|gear|torque|yaw|wheel|rpm|cruise|imu|attitude|roll|pitch",
      "driving"),
-    (r"temp|volt|curr|pressure|fault|error|status|health|coolant|oil|tire|tyre|diag|dtc|inverter|motor",
+    (r"temp|volt|curr|pressure|fault|error|status|health|coolant|oil|tire|tyre|diag|dtc|inverter|motor|power",
      "vehicle_health"),
 )
+_WORD_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD_RE.findall(text)]
+
 
 _VSS_GUESSES: dict[str, str] = {
     "location": "Vehicle.CurrentLocation",
@@ -107,9 +114,10 @@ _VSS_GUESSES: dict[str, str] = {
 
 
 def guess_category(message: str, signal: str) -> str:
-    name = f"{message} {signal}".lower().replace("_", " ")
+    words = _words(f"{message} {signal}")
     for pattern, category in _GUESSES:
-        if re.search(pattern, name):
+        regex = re.compile(rf"^(?:{pattern})")
+        if any(regex.match(word) for word in words):
             return category
     return UNCLASSIFIED
 

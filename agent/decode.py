@@ -64,6 +64,8 @@ class Decoder:
 
     ``bus_dbcs`` maps bus name to its DBCs; the key ``"*"`` holds DBCs that
     apply to every bus (handy for logs whose channels are not configured).
+    ``j1939_buses`` names buses whose extended frames also match on PGN; ``"*"``
+    means every bus.  DBCs that declare ProtocolType J1939 always match on PGN.
     """
 
     def __init__(
@@ -104,7 +106,7 @@ class Decoder:
         exact: dict[int, _Route | None] = {}
         by_pgn: dict[int, _Route | None] = {}
         dbcs = [*self._bus_dbcs.get(ALL_DBCS, []), *self._bus_dbcs.get(bus, [])]
-        force_j1939 = bus in self._j1939_buses
+        force_j1939 = bus in self._j1939_buses or "*" in self._j1939_buses
         for loaded in dbcs:
             for message in loaded.database.messages:
                 route = self._route(message)

@@ -1,0 +1,55 @@
+"""``vehicle-agent catalog``: draft and check signal catalogs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agent.catalog import catalog_path_for, draft_catalog, load_catalog
+from agent.dbc import load_dbc
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("catalog", help="draft or check a signal catalog (DBC -> VSS, unit, category)")
+    actions = parser.add_subparsers(dest="catalog_command", metavar="ACTION")
+    actions.required = True
+    init = actions.add_parser("init", help="draft a catalog from a DBC (categories guessed, marked for review)")
+    init.add_argument("dbc", metavar="DBC")
+    init.add_argument("-o", "--output", default=None,
+                      help="where to write (default: NAME.catalog.yaml next to the DBC; '-' for stdout)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing catalog")
+    init.set_defaults(func=run_init)
+    check = actions.add_parser("check", help="validate a catalog against its DBC")
+    check.add_argument("catalog", metavar="CATALOG")
+    check.add_argument("--dbc", required=True)
+    check.set_defaults(func=run_check)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    loaded = load_dbc(args.dbc)
+    text = draft_catalog(loaded.database, Path(args.dbc).name)
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.output) if args.output else catalog_path_for(args.dbc)
+    if out.exists() and not args.force:
+        raise ValueError(f"{out}: exists; use --force to overwrite")
+    out.write_text(text, encoding="utf-8")
+    signals = sum(len(m.signals) for m in loaded.database.messages)
+    print(f"wrote {out}: {signals} signals drafted, all marked review: true")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    loaded = load_dbc(args.dbc)
+    known = {f"{m.name}.{s.name}" for m in loaded.database.messages for s in m.signals}
+    stale = sorted(set(catalog.entries) - known)
+    missing = sorted(known - set(catalog.entries))
+    review = sorted(k for k, e in catalog.entries.items() if e.review)
+    print(f"{args.catalog}: {len(catalog.entries)} entries; {len(missing)} DBC signals without entry "
+          f"(unclassified); {len(review)} marked for review")
+    for key in stale:
+        print(f"  not in DBC: {key}")
+    return 1 if stale else 0

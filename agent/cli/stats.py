@@ -1,0 +1,46 @@
+"""``vehicle-agent stats``: per-message counts, decode coverage and the decoder's counters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_from_args
+from agent.decode import Decoder
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("stats", help="per-message counts and decode coverage of a log")
+    parser.add_argument("log", metavar="LOG")
+    add_dbc_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=run)
+
+
+def coverage(decoder: Decoder) -> dict[str, dict]:
+    report: dict[str, dict] = {}
+    for bus, counters in sorted(decoder.counters.items()):
+        counts = counters.as_dict()
+        frames = counts["frames"] or 1
+        messages = {name: n for (b, name), n in sorted(decoder.message_counts.items()) if b == bus}
+        report[bus] = {"counters": counts, "coverage": round(counts["decoded"] / frames, 4), "messages": messages}
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    decoder = decoder_from_args(args)
+    source = log_source_from_args(args)
+    for bus, msg in source:
+        decoder.decode(msg, bus)
+    report = coverage(decoder)
+    if args.json:
+        print(json.dumps({"log": str(args.log), "buses": report}, indent=2))
+        return 0
+    for bus, info in report.items():
+        counts = info["counters"]
+        print(f"bus {bus}: {counts['frames']} frames, {info['coverage']:.1%} decoded")
+        print("  " + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "frames"))
+        width = max((len(n) for n in info["messages"]), default=0)
+        for name, n in sorted(info["messages"].items(), key=lambda kv: -kv[1]):
+            print(f"  {name:<{width}}  {n:>8}")
+    return 0
