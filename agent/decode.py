@@ -25,6 +25,11 @@ EXTENDED_FLAG = 0x8000_0000
 # this stage faster than calling cantools on every frame.
 CACHE_LIMIT = 4096
 
+# Frame ids learned to be unknown are remembered, up to this many per bus, so
+# that J1939 PGN matching runs once per id, not once per frame.
+LEARNED_ID_LIMIT = 65536
+_UNKNOWN = object()  # routing-table entry: no message for this id
+
 SignalFilter = Callable[[SignalSpec], bool]
 ALL_DBCS = "*"
 
@@ -82,7 +87,7 @@ class Decoder:
         self.specs: dict[str, SignalSpec] = {}
         self.counters: dict[str, BusCounters] = {}
         self.message_counts: dict[tuple[str, str], int] = {}
-        self._exact: dict[str, dict[int, _Route | None]] = {}
+        self._exact: dict[str, dict[int, object]] = {}
         self._by_pgn: dict[str, dict[int, _Route | None]] = {}
         for dbcs in bus_dbcs.values():
             for loaded in dbcs:
@@ -139,15 +144,13 @@ class Decoder:
             return None
         frame_id = msg.arbitration_id
         key = frame_id | EXTENDED_FLAG if msg.is_extended_id else frame_id
-        if key in exact:
-            route = exact[key]
-        else:
-            by_pgn = self._by_pgn[bus]
-            if not (msg.is_extended_id and by_pgn):
+        route = exact.get(key, _UNKNOWN)
+        if route is _UNKNOWN:
+            if key in exact:
                 counters.unknown_id += 1
                 return None
-            route = by_pgn.get(pgn_from_frame_id(frame_id), False)
-            if route is False:
+            route = self._learn(bus, key, msg)
+            if route is _UNKNOWN:
                 counters.unknown_id += 1
                 return None
         if route is None:
@@ -176,6 +179,17 @@ class Decoder:
         count_key = (bus, name)
         self.message_counts[count_key] = self.message_counts.get(count_key, 0) + 1
         return DecodedFrame(msg.timestamp, bus, frame_id, name, raw)
+
+    def _learn(self, bus: str, key: int, msg: can.Message):
+        """Slow path for an id not in the table: J1939 PGN match, then remember the answer."""
+        route = _UNKNOWN
+        by_pgn = self._by_pgn[bus]
+        if msg.is_extended_id and by_pgn:
+            route = by_pgn.get(pgn_from_frame_id(msg.arbitration_id), _UNKNOWN)
+        exact = self._exact[bus]
+        if len(exact) < LEARNED_ID_LIMIT:
+            exact[key] = route
+        return route
 
     def physical(self, frame: DecodedFrame) -> dict[str, int | float]:
         """Physical values of a frame (for output; not used on the hot path)."""
