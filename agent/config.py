@@ -50,15 +50,38 @@ class StateConfig:
 
 
 @dataclass
+class BatchingConfig:
+    # A batch closes after this much data time (or wall time, for a quiet bus) ...
+    max_age_s: float = 10.0
+    # ... or when its compressed size reaches this (well under broker limits).
+    max_bytes: int = 65536
+
+
+@dataclass
+class BufferConfig:
+    # SQLite file inside state.dir.
+    file: str = "buffer.sqlite"
+    # Byte quota of stored batches; when full: lowest priority, then oldest, evicted.
+    quota_mb: float = 256.0
+    # Streams never evicted by the quota (locked incident snapshots).
+    never_evict: list[str] = field(default_factory=lambda: ["incident"])
+    # Per-stream time to live in seconds (unsent batches older than this expire).
+    ttl_s: dict[str, float] = field(default_factory=dict)
+    # SQLite synchronous mode in WAL: FULL survives power loss (every commit is
+    # fsynced); NORMAL survives kill -9 but may lose the last commits on power loss.
+    synchronous: str = "FULL"
+
+
+@dataclass
 class AgentConfig:
     vehicle: VehicleConfig = field(default_factory=VehicleConfig)
     buses: list[BusConfig] = field(default_factory=list)
     state: StateConfig = field(default_factory=StateConfig)
     # Sections owned by later stages; kept as located data and validated by
     # the stage that interprets them (rules need expression positions).
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
     collection: dict[str, Any] = field(default_factory=dict)
-    batching: dict[str, Any] = field(default_factory=dict)
-    buffer: dict[str, Any] = field(default_factory=dict)
     uplink: dict[str, Any] = field(default_factory=dict)
     consent: dict[str, Any] = field(default_factory=dict)
     camera: dict[str, Any] = field(default_factory=dict)
@@ -77,8 +100,8 @@ class AgentConfig:
         return self.document.where(path) if self.document else self.source
 
 
-_SECTIONS = ("vehicle", "buses", "state", "collection", "batching", "buffer", "uplink", "consent", "camera",
-             "incidents")
+_TYPED_SECTIONS = ("vehicle", "buses", "state", "batching", "buffer")
+_SECTIONS = (*_TYPED_SECTIONS, "collection", "uplink", "consent", "camera", "incidents")
 
 
 def _validate(config: AgentConfig, doc: Located) -> None:
@@ -99,6 +122,17 @@ def _validate(config: AgentConfig, doc: Located) -> None:
                 raise doc.error(("buses", index, "dbc", dbc_index), f"no such file {dbc}")
 
 
+def _validate_sections(config: AgentConfig, doc: Located) -> None:
+    if config.batching.max_age_s <= 0:
+        raise doc.error(("batching", "max_age_s"), "must be positive")
+    if config.batching.max_bytes < 1024:
+        raise doc.error(("batching", "max_bytes"), "must be at least 1024")
+    if config.buffer.quota_mb <= 0:
+        raise doc.error(("buffer", "quota_mb"), "must be positive")
+    if config.buffer.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+        raise doc.error(("buffer", "synchronous"), "must be FULL, NORMAL or EXTRA")
+
+
 def from_document(doc: Located, base_dir: Path) -> AgentConfig:
     if doc.data is not None and not isinstance(doc.data, dict):
         raise doc.error((), "the configuration must be a mapping of sections")
@@ -106,9 +140,9 @@ def from_document(doc: Located, base_dir: Path) -> AgentConfig:
     for key in data:
         if key not in _SECTIONS:
             raise doc.error((key,), f"unknown section (known: {', '.join(_SECTIONS)})")
-    typed = {key: data[key] for key in ("vehicle", "buses", "state") if key in data}
+    typed = {key: data[key] for key in _TYPED_SECTIONS if key in data}
     config = schema.build(AgentConfig, doc, (), typed)
-    for key in _SECTIONS[3:]:
+    for key in _SECTIONS[len(_TYPED_SECTIONS):]:
         if key in data:
             value = data[key]
             if value is not None and not isinstance(value, dict):
@@ -118,6 +152,7 @@ def from_document(doc: Located, base_dir: Path) -> AgentConfig:
     config.base_dir = base_dir
     config.document = doc
     _validate(config, doc)
+    _validate_sections(config, doc)
     return config
 
 
@@ -131,5 +166,5 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
     return from_document(load_text(text, source), base_dir or Path.cwd())
 
 
-__all__ = ["AgentConfig", "BusConfig", "ConfigError", "StateConfig", "VehicleConfig", "load_config",
-           "parse_config"]
+__all__ = ["AgentConfig", "BatchingConfig", "BufferConfig", "BusConfig", "ConfigError", "StateConfig",
+           "VehicleConfig", "load_config", "parse_config"]

@@ -16,12 +16,11 @@ import time
 import can
 import cantools
 from cantools.j1939 import pgn_from_frame_id
-
 from common import REAL_PAIRS, SHARED_DATA  # benchmarks/common.py puts the repo on sys.path
 
-from agent.cli.main import main as agent_main  # noqa: E402
-from agent.dbc import load_dbc  # noqa: E402
-from agent.decode import ALL_DBCS, Decoder  # noqa: E402
+from agent.cli.main import main as agent_main
+from agent.dbc import load_dbc
+from agent.decode import ALL_DBCS, Decoder
 
 
 def read_frames(path):

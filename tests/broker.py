@@ -235,6 +235,29 @@ class MosquittoBroker:
         raise RuntimeError(f"mosquitto did not accept connections on {self.host}:{self.port} "
                            f"within {timeout} s\n{self.log_tail()}")
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("mosquitto is not running")
+        return self._process.pid
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker keeps its sockets but answers nothing (PUBACKs stop coming)."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Crash: SIGKILL, no persistence written, sockets reset by the kernel."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.kill()
+        process.wait(timeout=10)
+        if process.stderr:
+            process.stderr.close()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully (SIGTERM: mosquitto writes its persistence file first)."""
         process, self._process = self._process, None

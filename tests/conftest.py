@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.broker import mosquitto, mosquitto_tls  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 

@@ -18,7 +18,7 @@ def edge_logs(shared_data):
     files = sorted((shared_data / "edge_cases").rglob("*")) + sorted(
         (shared_data / "copyleft" / "python-can-testdata").glob("*")
     )
-    return [f for f in files if f.is_file() and not f.suffix == ".dbc"]
+    return [f for f in files if f.is_file() and f.suffix != ".dbc"]
 
 
 def test_every_edge_case_log_decodes_or_names_the_file(shared_data, tmp_path, capsys):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # Listed by name so that a broken optional subcommand cannot break the others.
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # Output piped into `head` and friends: stop quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UserError, ValueError, OSError) as exc:
         print(f"vehicle-agent {args.command}: error: {exc}", file=sys.stderr)
         return 2

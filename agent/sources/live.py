@@ -32,8 +32,12 @@ class BusUrlError(ValueError):
 
 def bus_kwargs_from_url(url: str) -> dict[str, Any]:
     """python-can ``Bus(**kwargs)`` for a bus URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme
+    # Split the scheme by hand: urlsplit() rejects "udp_multicast" (underscore)
+    # and would report an empty scheme instead of refusing it by name.
+    scheme, sep, _rest = url.partition("://")
+    if not sep:
+        raise BusUrlError(f"{url}: expected SCHEME://..., e.g. virtual://NAME or socketcand://HOST:PORT/CHANNEL")
+    parts = urlsplit("x://" + _rest)
     if scheme == "virtual":
         name = (parts.netloc + parts.path).strip("/") or "vcan0"
         return {"interface": "virtual", "channel": name, "receive_own_messages": False}

@@ -1,0 +1,286 @@
+"""Batcher: collected rows -> closed, encoded batches handed to a sink (the store).
+
+One open batch per stream.  A batch closes when
+
+* its data time span reaches ``max_age_s`` (checked in ``put``: a row whose
+  timestamp is ``max_age_s`` or more away from the batch's first row, in either
+  direction, starts a new batch; so a log replayed at any speed gives the same
+  batches, and a logger clock reset closes the batch instead of mixing times);
+* it has been open ``max_age_s`` by the wall clock (checked in ``tick``: a quiet
+  bus must not hold data back forever);
+* its estimated compressed size reaches ``max_bytes`` (an estimate from the
+  stream's previous batches; a batch that still comes out too big is split in
+  halves until every part fits, so ``max_bytes`` is a hard limit);
+* ``flush()`` is called (shutdown).
+
+On the hot path ``put`` appends one timestamp and one tuple per row; columns
+are built only when a batch closes.  A Batcher is used from one thread (the
+pipeline's); the sink it calls (the store) is the thread-safe part.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from agent.batch.format import DEFAULT_LEVEL, BatchError, EncodedBatch, TableData, dictionary_id, encode_batch
+from agent.model import UNCLASSIFIED, Row, SignalSpec
+
+log = logging.getLogger(__name__)
+
+BatchSink = Callable[[EncodedBatch], None]
+# First guess of compressed bytes per sample before a stream has closed a batch;
+# measured values on the shared logs are 0.08-0.55; a batch that turns out too big is split.
+INITIAL_BYTES_PER_SAMPLE = 0.25
+# Close a little before the estimate reaches max_bytes: the estimate is an average.
+SIZE_MARGIN = 0.8
+# Batches the sink refused, kept for a retry on the next tick/flush.
+MAX_RETRY = 16
+
+
+def current_boot_id() -> str:
+    """The kernel's boot id (changes every boot), or a random one per process elsewhere."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return str(uuid.uuid4())
+
+
+@dataclass(slots=True)
+class _Table:
+    timestamps: list[float] = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _OpenBatch:
+    stream: str
+    priority: int
+    # Rows with data time strictly inside (low_time, high_time) belong here:
+    # first row's time -/+ max_age_s.
+    low_time: float
+    high_time: float
+    opened: float  # clock() when opened
+    # key (bus, message, raw, *signal names) -> bound appends of the table's lists
+    tables: dict[tuple, tuple] = field(default_factory=dict)
+    table_data: dict[tuple, _Table] = field(default_factory=dict)
+    categories: set[str] = field(default_factory=set)
+    samples: int = 0
+    limit: int = 0  # close when samples reaches this (size estimate)
+
+
+@dataclass
+class BatcherStats:
+    rows: int = 0
+    batches: int = 0
+    splits: int = 0
+    sink_errors: int = 0
+    dropped_batches: int = 0
+
+
+class Batcher:
+    """Groups rows per stream into batches; see the module docstring for when they close.
+
+    ``seq_source()`` returns the next sequence number for ``boot_id`` (the store's
+    ``next_seq`` keeps it monotonic across restarts).  ``clock`` is the wall
+    clock used for ``tick`` (monotonic) and ``created_clock`` stamps headers.
+    """
+
+    def __init__(
+        self,
+        specs: Mapping[str, SignalSpec],
+        sink: BatchSink,
+        vehicle_id: str,
+        boot_id: str,
+        seq_source: Callable[[], int],
+        max_age_s: float = 10.0,
+        max_bytes: int = 65536,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        level: int = DEFAULT_LEVEL,
+        dictionary: bytes | None = None,
+        consent_version: int = 0,
+        bench: bool = False,
+        max_samples: int = 2_000_000,
+        created_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_age_s <= 0:
+            raise ValueError(f"max_age_s must be positive, got {max_age_s}")
+        if max_bytes < 1024:
+            raise ValueError(f"max_bytes must be at least 1024, got {max_bytes}")
+        self.specs = specs
+        self.sink = sink
+        self.vehicle_id = vehicle_id
+        self.boot_id = boot_id
+        self.seq_source = seq_source
+        self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.created_clock = created_clock
+        self.consent_version = consent_version
+        self.bench = bench
+        self.max_samples = max_samples
+        self.stats = BatcherStats()
+        self._open: dict[str, _OpenBatch] = {}
+        self._bytes_per_sample: dict[str, float] = {}
+        self._retry: deque[EncodedBatch] = deque()
+        self._dictionary_id = dictionary_id(dictionary) if dictionary else None
+        zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary else None
+        self._compressor = zstandard.ZstdCompressor(level=level, dict_data=zdict)
+
+    # -- hot path -------------------------------------------------------------------------
+    def put(self, row: Row) -> None:
+        batch = self._open.get(row.stream)
+        timestamp = row.timestamp
+        if batch is None or batch.samples >= batch.limit or not batch.low_time < timestamp < batch.high_time:
+            batch = self._rollover(batch, row)
+        values = row.values
+        key = (row.bus, row.message, row.raw, *values)
+        appenders = batch.tables.get(key)
+        if appenders is None:
+            appenders = self._new_table(batch, key, row)
+        appenders[0](timestamp)
+        appenders[1](tuple(values.values()))
+        batch.samples += len(values)
+        if row.categories:
+            batch.categories.update(row.categories)
+        if row.priority > batch.priority:
+            batch.priority = row.priority
+
+    def _rollover(self, batch: _OpenBatch | None, row: Row) -> _OpenBatch:
+        """Close ``batch`` (if any) and open the stream's next one, starting at ``row``."""
+        if batch is not None:
+            self._close(batch)
+        per_sample = self._bytes_per_sample.get(row.stream, INITIAL_BYTES_PER_SAMPLE)
+        limit = min(self.max_samples, max(1, int(self.max_bytes * SIZE_MARGIN / per_sample)))
+        first = row.timestamp
+        batch = _OpenBatch(row.stream, row.priority, first - self.max_age_s, first + self.max_age_s, self.clock(),
+                           limit=limit)
+        self._open[row.stream] = batch
+        return batch
+
+    def _new_table(self, batch: _OpenBatch, key: tuple, row: Row) -> tuple:
+        if row.raw:
+            prefix = row.message + "."
+            for name in row.values:
+                self._spec(prefix + name)  # reject the row now, not when the batch closes
+        table = _Table()
+        appenders = (table.timestamps.append, table.rows.append)
+        batch.tables[key] = appenders
+        batch.table_data[key] = table
+        return appenders
+
+    # -- closing --------------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> int:
+        """Close batches open for ``max_age_s`` of wall-clock time; returns how many closed."""
+        now = self.clock() if now is None else now
+        self._retry_sink()
+        due = [b for b in self._open.values() if now - b.opened >= self.max_age_s]
+        for batch in due:
+            self._close(batch)
+        return len(due)
+
+    def flush(self) -> int:
+        """Close every open batch (shutdown); returns how many closed."""
+        self._retry_sink()
+        batches = list(self._open.values())
+        for batch in batches:
+            self._close(batch)
+        return len(batches)
+
+    def _close(self, batch: _OpenBatch) -> None:
+        del self._open[batch.stream]
+        if not batch.tables:
+            return
+        tables = [self._table_data(key, table) for key, table in batch.table_data.items()]
+        self.stats.rows += sum(len(t.rows) for t in tables)
+        categories = set(batch.categories)
+        for table in tables:
+            if table.raw:
+                prefix = table.message + "."
+                categories.update(self._spec(prefix + name).category for name in table.signals)
+        self._emit(batch.stream, batch.priority, sorted(categories), tables)
+
+    def _spec(self, key: str) -> SignalSpec:
+        spec = self.specs.get(key)
+        if spec is None:
+            raise BatchError(f"batcher: raw value for {key}, which is not in the signal specs")
+        return spec
+
+    def _table_data(self, key: tuple, table: _Table) -> TableData:
+        bus, message, raw, *names = key
+        signals = tuple(names)
+        data = TableData(bus, message, raw, signals, table.timestamps, table.rows)
+        if raw:
+            specs = [self._spec(f"{message}.{name}") for name in signals]
+            data.scales = [s.scale for s in specs]
+            data.offsets = [s.offset for s in specs]
+        return data
+
+    def _emit(self, stream: str, priority: int, categories: list[str], tables: list[TableData]) -> None:
+        header = {
+            "vehicle_id": self.vehicle_id, "boot_id": self.boot_id, "seq": self.seq_source(), "stream": stream,
+            "priority": priority, "categories": categories or [UNCLASSIFIED], "consent_version": self.consent_version,
+            "bench": self.bench, "created": self.created_clock(),
+        }
+        encoded = encode_batch(header, tables, self._compressor, self._dictionary_id)
+        if len(encoded.payload) > self.max_bytes and sum(len(t.rows) for t in tables) > 1:
+            self.stats.splits += 1
+            first, second = _halves(tables)
+            self._emit(stream, priority, categories, first)
+            self._emit(stream, priority, categories, second)
+            return
+        per_sample = len(encoded.payload) / max(1, encoded.samples)
+        previous = self._bytes_per_sample.get(stream)
+        self._bytes_per_sample[stream] = per_sample if previous is None else 0.5 * (previous + per_sample)
+        self.stats.batches += 1
+        self._deliver(encoded)
+
+    def _deliver(self, encoded: EncodedBatch) -> None:
+        try:
+            self.sink(encoded)
+        except Exception as exc:  # the store may be full or failing: keep the batch for a retry
+            self.stats.sink_errors += 1
+            log.warning("batch %s/%s not stored, will retry: %s", encoded.stream, encoded.seq, exc)
+            if len(self._retry) >= MAX_RETRY:
+                self._retry.popleft()
+                self.stats.dropped_batches += 1
+            self._retry.append(encoded)
+
+    def _retry_sink(self) -> None:
+        for _ in range(len(self._retry)):
+            self._deliver(self._retry.popleft())
+
+    def open_streams(self) -> dict[str, int]:
+        """Samples waiting per stream (for status output)."""
+        return {stream: batch.samples for stream, batch in self._open.items()}
+
+
+def _halves(tables: list[TableData]) -> tuple[list[TableData], list[TableData]]:
+    """Split a batch's rows in two: big tables are cut in the middle, so both halves
+    keep roughly half the bytes even when one table dominates."""
+    if len(tables) > 1 and all(len(t.rows) == 1 for t in tables):
+        middle = len(tables) // 2
+        return tables[:middle], tables[middle:]
+    first: list[TableData] = []
+    second: list[TableData] = []
+    for table in tables:
+        cut = len(table.rows) // 2
+        if cut == 0:
+            first.append(table)
+            continue
+        first.append(_slice(table, 0, cut))
+        second.append(_slice(table, cut, len(table.rows)))
+    return first, second
+
+
+def _slice(table: TableData, start: int, stop: int) -> TableData:
+    return TableData(table.bus, table.message, table.raw, table.signals, table.timestamps[start:stop],
+                     table.rows[start:stop], table.scales, table.offsets)

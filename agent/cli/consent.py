@@ -1,0 +1,182 @@
+"""``vehicle-agent consent``: the owner's sharing preferences.
+
+    vehicle-agent consent show
+    vehicle-agent consent grant CATEGORY --for 90d [--level geohash6] [--purpose TEXT]
+    vehicle-agent consent revoke CATEGORY
+    vehicle-agent consent zones add --lat 31.23 --lon 121.47 --radius 500 [--name home]
+    vehicle-agent consent zones list | zones remove ZONE
+    vehicle-agent consent per-drive on|off
+
+With the agent running, the commands go to it over its control socket (only
+its own user can connect) and take effect from the next frame.  With the agent
+stopped, they edit the state directory directly, under a file lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.config import load_config
+from agent.control import ControlClient, agent_reachable, control_socket_path
+from agent.ledger import Ledger
+from agent.model import ALL_CATEGORIES
+from agent.privacy import commands
+from agent.privacy.config import ConsentConfig, consent_config
+from agent.privacy.consent import EXPIRY_CHOICES
+from agent.privacy.policy import ConsentPolicy
+from agent.privacy.purge import consent_change_handler
+from agent.privacy.store import ConsentStore
+from agent.privacy.transforms import APPROXIMATE_SIZE, LOCATION_LEVELS
+
+
+def add_state_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--state", metavar="DIR", help="the agent's state directory")
+    group.add_argument("--config", metavar="FILE", help="agent configuration (its state.dir is used)")
+
+
+def state_from_args(args: argparse.Namespace) -> tuple[Path, ConsentConfig]:
+    if args.config:
+        config = load_config(args.config)
+        return config.resolve(config.state.dir), consent_config(config)
+    if args.state:
+        return Path(args.state), ConsentConfig()
+    raise ValueError("say where the agent keeps its state: --state DIR or --config FILE")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    add_state_arguments(common)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = subparsers.add_parser("consent", help="show or change what the car may share")
+    actions = parser.add_subparsers(dest="consent_action", metavar="ACTION")
+    actions.required = True
+    actions.add_parser("show", parents=[common], help="table of categories, state, level, expiry")
+    grant = actions.add_parser("grant", parents=[common], help="allow a category to be uploaded")
+    grant.add_argument("category", choices=ALL_CATEGORIES, metavar="CATEGORY")
+    grant.add_argument("--for", dest="expiry", required=True, choices=EXPIRY_CHOICES,
+                       help="how long: drive (until the next ignition), 7d, 90d, 1y")
+    grant.add_argument("--level", choices=LOCATION_LEVELS, help="location precision (default city)")
+    grant.add_argument("--purpose", help="what the data is for (kept with the grant)")
+    revoke = actions.add_parser("revoke", parents=[common], help="stop uploading a category and purge its backlog")
+    revoke.add_argument("category", choices=ALL_CATEGORIES, metavar="CATEGORY")
+    zones = actions.add_parser("zones", help="privacy zones: no location is sent inside them")
+    zone_actions = zones.add_subparsers(dest="zone_action", metavar="ZONE_ACTION")
+    zone_actions.required = True
+    add = zone_actions.add_parser("add", parents=[common], help="add a zone (centre + radius)")
+    add.add_argument("--lat", type=float, required=True, help="centre latitude, degrees")
+    add.add_argument("--lon", type=float, required=True, help="centre longitude, degrees")
+    add.add_argument("--radius", type=float, required=True, help="radius in metres")
+    add.add_argument("--name", default="", help="a label such as home or work")
+    zone_actions.add_parser("list", parents=[common], help="list zones")
+    remove = zone_actions.add_parser("remove", parents=[common], help="remove a zone")
+    remove.add_argument("zone", metavar="ZONE", help="zone id from `zones list`, e.g. z1")
+    per_drive = actions.add_parser("per-drive", parents=[common],
+                                   help="on: location switches off at every ignition")
+    per_drive.add_argument("switch", choices=("on", "off"))
+    parser.set_defaults(func=run)
+
+
+def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    action = args.consent_action
+    if action == "show":
+        return "consent.show", {}
+    if action == "grant":
+        return "consent.grant", {"category": args.category, "expiry": args.expiry, "level": args.level,
+                                 "purpose": args.purpose}
+    if action == "revoke":
+        return "consent.revoke", {"category": args.category}
+    if action == "per-drive":
+        return "consent.per_drive", {"enabled": args.switch == "on"}
+    if args.zone_action == "add":
+        return "consent.zones.add", {"latitude": args.lat, "longitude": args.lon, "radius_m": args.radius,
+                                     "name": args.name}
+    if args.zone_action == "list":
+        return "consent.zones.list", {}
+    return "consent.zones.remove", {"zone_id": args.zone}
+
+
+def call_direct(state_dir: Path, config: ConsentConfig, cmd: str, request: dict[str, Any]) -> Any:
+    """Run a consent command on the state files (agent stopped), writing the ledger as the agent would."""
+    policy = ConsentPolicy(ConsentStore.in_dir(state_dir), config, clock=time.time)
+    if cmd != "consent.show" and cmd != "consent.zones.list":
+        # Buffered batches are purged by the agent at start-up (purge_ungranted).
+        policy.on_change(consent_change_handler(None, None, Ledger.in_dir(state_dir)))
+    return commands.consent_commands(policy)[cmd](**request)
+
+
+def run(args: argparse.Namespace) -> int:
+    state_dir, config = state_from_args(args)
+    cmd, request = _request(args)
+    socket_path = control_socket_path(state_dir)
+    try:
+        running = agent_reachable(socket_path)
+    except PermissionError:
+        raise ValueError(f"{socket_path}: permission denied (run this as the agent's user)") from None
+    if running:
+        result = ControlClient(socket_path).call(cmd, **request)
+    else:
+        result = call_direct(state_dir, config, cmd, request)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(render(cmd, request, result, running))
+    return 0
+
+
+# -- output -------------------------------------------------------------------------------
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+def render_table(result: dict[str, Any]) -> str:
+    header = ("CATEGORY", "STATE", "LEVEL", "EXPIRES", "COVERS")
+    rows = [header]
+    for row in result["categories"]:
+        level = f"{row['level']} ({row['level_size']})" if row["level"] else "-"
+        expires = "next ignition" if row["expiry"] == "drive" else when(row["expires_at"])
+        rows.append((row["category"], row["state"], level, expires, row["covers"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(f"{r[i]:<{widths[i]}}" for i in range(4)) + "  " + r[4] for r in rows]
+    mode = " (bench mode: everything counts as granted)" if result["bench"] else ""
+    lines.append("")
+    lines.append(f"consent version {result['version']}, profile {result['profile']}{mode}; "
+                 f"{result['zones']} privacy zone(s); location off at each ignition: "
+                 f"{'yes' if result['location_off_at_ignition'] else 'no'}")
+    return "\n".join(lines)
+
+
+def render(cmd: str, request: dict[str, Any], result: Any, running: bool) -> str:
+    where = "" if running else "\n(agent not running: state updated; it applies when the agent starts)"
+    if cmd == "consent.show":
+        return render_table(result)
+    if cmd == "consent.zones.list":
+        if not result:
+            return "no privacy zones"
+        return "\n".join(f"{z['id']}  {z['latitude']:.6f}, {z['longitude']:.6f}  radius {z['radius_m']:g} m  "
+                         f"{z['name']}".rstrip() for z in result)
+    if cmd == "consent.grant":
+        detail = result["detail"]
+        level = f" at {detail['level']} ({APPROXIMATE_SIZE[detail['level']]})" if detail.get("level") else ""
+        until = "until the next ignition" if detail["expiry"] == "drive" else f"until {when(detail['expires_at'])}"
+        return f"{request['category']} granted{level} {until} (consent version {result['version']}){where}"
+    if cmd == "consent.revoke":
+        if result is None:
+            return f"{request['category']} was not granted; nothing changed"
+        return (f"{request['category']} revoked (consent version {result['version']}); its unsent data is "
+                f"purged{where}")
+    if cmd == "consent.zones.add":
+        return f"privacy zone {result['id']} added (radius {result['radius_m']:g} m){where}"
+    if cmd == "consent.zones.remove":
+        return f"privacy zone {request['zone_id']} removed (consent version {result['version']}){where}"
+    if result is None:
+        return "nothing changed"
+    return f"per-drive location {'on' if request['enabled'] else 'off'} (consent version {result['version']}){where}"

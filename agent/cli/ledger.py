@@ -1,0 +1,91 @@
+"""``vehicle-agent ledger``: what left the car, and a check that the record was not altered.
+
+    vehicle-agent ledger [show] [--since 7d | 2024-06-01 | 2024-06-01T08:00] [--json]
+    vehicle-agent ledger verify        exit 0 when intact, 1 when damaged (says where)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import time
+from typing import Any
+
+from agent.cli.consent import add_state_arguments, state_from_args, when
+from agent.ledger import Ledger, LedgerEntry
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("ledger", help="what left the car (hash-chained record); `ledger verify`")
+    parser.add_argument("action", nargs="?", choices=("show", "verify"), default="show")
+    add_state_arguments(parser)
+    parser.add_argument("--since", metavar="WHEN", help="only entries since WHEN: 7d, 12h, 30m, or a date/time")
+    parser.add_argument("--json", action="store_true", help="one JSON entry per line")
+    parser.set_defaults(func=run)
+
+
+def parse_since(text: str, now: float) -> float:
+    match = _RELATIVE.match(text.strip())
+    if match:
+        return now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    try:
+        return datetime.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise ValueError(f"--since: expected 7d, 12h, 30m or a date like 2024-06-01[T08:00], got {text!r}") from None
+
+
+def _categories(fields: dict[str, Any]) -> str:
+    return ",".join(fields.get("categories") or ()) or "-"
+
+
+def describe(entry: LedgerEntry) -> str:
+    f = entry.fields
+    if entry.kind == "upload":
+        span = f"{when(f['first'])} .. {when(f['last'])}" if f.get("first") is not None else "-"
+        bench = " BENCH" if f.get("bench") else ""
+        return (f"sent {f['signals']} values of {_categories(f)} ({span}), level {f.get('level') or 'exact'}, "
+                f"{f['bytes']} bytes, sha256 {str(f['sha256'])[:16]}.. to {f['broker']} "
+                f"(batch {f['batch']}, consent v{f['consent_version']}){bench}")
+    if entry.kind == "consent_change":
+        detail = f.get("detail") or {}
+        extra = ", ".join(f"{k} {v}" for k, v in sorted(detail.items()) if k not in ("expires_at",))
+        if detail.get("expires_at"):
+            extra = (extra + ", " if extra else "") + f"until {when(detail['expires_at'])}"
+        subject = f" {f['category']}" if f.get("category") else ""
+        return f"consent v{f['version']}: {f['change']}{subject} by {f['source']}" + (f" ({extra})" if extra else "")
+    if entry.kind == "purge":
+        return f"purged {f['batches']} unsent batch(es) of {_categories(f)} ({f['reason']})"
+    if entry.kind == "may_have_left":
+        return (f"{f['batches']} batch(es) of {_categories(f)} may already have left: {f['reason']} "
+                f"(batches {', '.join(map(str, f['batch_ids']))})")
+    if entry.kind == "remote_refused":
+        return f"refused a network consent command '{f['action']}' ({f['reason']})"
+    return f"{entry.kind}: " + ", ".join(f"{k} {v}" for k, v in sorted(f.items()))
+
+
+def run(args: argparse.Namespace) -> int:
+    state_dir, _ = state_from_args(args)
+    ledger = Ledger.in_dir(state_dir)
+    if args.action == "verify":
+        result = ledger.verify()
+        if args.json:
+            print(json.dumps(result.__dict__))
+        else:
+            print(result)
+        return 0 if result.ok else 1
+    since = parse_since(args.since, time.time()) if args.since else None
+    entries = ledger.entries(since)
+    for entry in entries:
+        if args.json:
+            print(json.dumps(entry.to_json(), sort_keys=True))
+        else:
+            stamp = datetime.datetime.fromtimestamp(entry.time).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"#{entry.seq:<5} {stamp}  {describe(entry)}")
+    if not entries and not args.json:
+        print("the ledger is empty" + (" for that period" if since is not None else ""))
+    return 0

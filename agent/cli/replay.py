@@ -1,0 +1,85 @@
+"""``vehicle-agent replay``: the whole pipeline on a log, as fast as it goes, into a buffer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from agent.assemble import assemble, build_consent, collection_plan, open_store
+from agent.cli.common import add_dbc_arguments, decoder_from_args, decoder_from_config, log_source_from_args
+from agent.config import load_config
+from agent.pipeline import BatchingOptions
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "replay", help="run decode -> collect -> consent -> batch -> buffer on a log (no live bus)",
+        description="Without --config every signal is collected at full rate into one stream. Consent applies: "
+                    "by default nothing personal is buffered for upload; --grant-all marks a bench run.")
+    parser.add_argument("log", metavar="LOG")
+    add_dbc_arguments(parser, required=False)
+    parser.add_argument("--config", help="agent config (buses, DBCs, collection rules, consent)")
+    parser.add_argument("--buffer", required=True, metavar="DB", help="buffer database to fill (SQLite)")
+    parser.add_argument("--grant-all", action="store_true",
+                        help="bench mode: every category counts as granted; batches are marked bench data")
+    parser.add_argument("--consent", metavar="FILE", help="run under this consent state (consent.jsonl or dir)")
+    parser.add_argument("--batch-age", type=float, default=None, metavar="S", help="batch time span (default 10)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else None
+    if config is None and not args.dbc:
+        raise ValueError("give --dbc FILE... or --config FILE")
+    plan = collection_plan(config)
+    decoder = decoder_from_args(args, wanted=plan.wants) if args.dbc else decoder_from_config(config, wanted=plan.wants)
+    batching = BatchingOptions()
+    if config is not None:
+        batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes)
+    if args.batch_age:
+        batching.max_age_s = args.batch_age
+    consent = build_consent(config, grant_all=args.grant_all, consent_file=args.consent)
+    store = open_store(config, Path(args.buffer))
+    vehicle_id = config.vehicle.id if config else "bench"
+    assembly = assemble(decoder, plan, store, consent, vehicle_id, batching)
+    pipeline = assembly.pipeline
+    source = log_source_from_args(args, config)
+    start = time.perf_counter()
+    try:
+        for bus, msg in source:
+            pipeline.feed(bus, msg)
+    finally:
+        pipeline.flush()
+        elapsed = time.perf_counter() - start
+        summary = pipeline.snapshot()
+        summary["privacy"] = assembly.privacy.counters.as_dict() if hasattr(assembly.privacy.counters, "as_dict") \
+            else vars(assembly.privacy.counters)
+        summary["store"] = store.counters()
+        summary["seconds"] = round(elapsed, 3)
+        summary["frames_per_s"] = round(summary["frames_in"] / elapsed) if elapsed > 0 else None
+        store.close()
+        _print(summary, args.json, consent.policy.bench)
+    return 0
+
+
+def _print(summary: dict, as_json: bool, bench: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    frames = summary["frames_in"]
+    print(f"replayed {frames} frames in {summary['seconds']} s ({summary['frames_per_s']} frames/s)"
+          + (" [bench: all categories granted]" if bench else ""))
+    for bus, counts in summary["decode"].items():
+        print(f"  bus {bus}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"  batches written {summary['batches_written']}, samples {summary['samples_written']}, "
+          f"bytes {summary['bytes_written']}")
+    privacy = summary.get("privacy") or {}
+    if privacy:
+        print("  consent filter: " + ", ".join(f"{k} {v}" for k, v in privacy.items()))
+    if not bench and summary["samples_written"] == 0:
+        print("  nothing buffered for upload: no category is granted (default consent). "
+              "Use --grant-all for a bench run or --consent FILE.", file=sys.stderr)

@@ -1,0 +1,52 @@
+"""``vehicle-agent run``: the service on live buses (sources -> ... -> uplink)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+
+from agent.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="run the agent on live buses (the systemd service)",
+                                   description="SIGTERM/SIGINT stop cleanly (open batches are flushed to the "
+                                               "buffer); SIGHUP reloads the config; SIGUSR1 logs the counters.")
+    parser.add_argument("--config", required=True, help="agent configuration (YAML)")
+    parser.add_argument("--consent", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--grant-all", action="store_true", help=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
+
+
+def install_signal_handlers(runtime: AgentRuntime) -> None:
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        runtime.stop()
+
+    def dump(_signum: int, _frame: object) -> None:
+        print(json.dumps(runtime.status(), indent=2, default=str), file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda _s, _f: runtime.request_reload())
+    signal.signal(signal.SIGUSR1, dump)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.grant_all:
+        raise ValueError("--grant-all is for offline bench runs on logs; the service on live buses refuses it")
+    # python-can's socketcand client warns on every partial network read: noise, not news.
+    logging.getLogger("can.interfaces.socketcand").setLevel(logging.ERROR)
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger("agent").setLevel(logging.INFO)
+    runtime = AgentRuntime(args.config, consent_file=args.consent)
+    install_signal_handlers(runtime)
+    runtime.start()
+    runtime.run()
+    print(json.dumps(runtime.final_report(), default=str), flush=True)
+    return 0

@@ -1,0 +1,51 @@
+"""``vehicle-agent status``: counters of the running agent, over its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from agent.cli.consent import add_state_arguments, state_from_args
+from agent.control import ControlClient, control_socket_path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("status", help="show the running agent's counters")
+    add_state_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=run)
+
+
+def call_agent(args: argparse.Namespace, command: str) -> object:
+    state_dir, _ = state_from_args(args)
+    path = control_socket_path(state_dir)
+    try:
+        return ControlClient(path).call(command)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ValueError(f"{path}: the agent is not running (no control socket)") from None
+
+
+def _human(status: dict) -> str:
+    lines = [f"vehicle {status['vehicle']}, up {status['uptime_s']} s, "
+             f"RSS {status['resources'].get('rss_mb', '?')} MB, CPU {status['resources'].get('cpu_seconds', '?')} s"]
+    pipeline = status["pipeline"]
+    lines.append(f"frames in {pipeline['frames_in']}, batches written {pipeline['batches_written']}, "
+                 f"samples {pipeline['samples_written']}")
+    for bus, counts in pipeline["decode"].items():
+        dropped = status.get("dropped_at_bus", {}).get(bus, 0)
+        lines.append(f"  bus {bus}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f", dropped {dropped}")
+    for item in status["buffer"]["backlog"]:
+        lines.append("  backlog " + ", ".join(f"{k} {v}" for k, v in item.items()))
+    lines.append("  buffer: " + ", ".join(f"{k} {v}" for k, v in status["buffer"]["counters"].items()))
+    up = status["uplink"]
+    lines.append(f"uplink {up.get('state')}: acked {up.get('acked', 0)}, in flight {up.get('in_flight', 0)}, "
+                 f"last PUBACK {up.get('last_puback_time')}")
+    granted = ", ".join(status["consent"]["granted"]) or "nothing"
+    lines.append(f"consent v{status['consent']['version']}: granted {granted}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    status = call_agent(args, "status")
+    print(json.dumps(status, indent=2, default=str) if args.json else _human(status))
+    return 0

@@ -1,0 +1,233 @@
+"""The running agent: live buses -> pipeline -> buffer -> uplink, for months.
+
+Threads:
+* one python-can Notifier thread per bus puts frames into a bounded queue
+  (drops are counted: a live bus cannot wait);
+* the pipeline thread (``run``) takes frames, decodes, collects, filters by
+  consent, batches and commits to the store; once a second it also ticks the
+  batcher, consent expiry, camera intake and incident windows, and proves
+  progress to systemd's watchdog;
+* the uplink's I/O and send threads publish stored batches and delete them on
+  PUBACK;
+* the control-socket thread answers the owner's commands (consent, status,
+  reload); consent changes take effect from the next frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.assemble import Consent, assemble, build_consent, collection_plan, ensure_state_dir, open_store
+from agent.camera.config import camera_config
+from agent.cli.common import decoder_from_config
+from agent.config import AgentConfig, load_config
+from agent.control import CommandRegistry, ControlServer, control_socket_path
+from agent.incident.config import incident_config
+from agent.model import ALL_CATEGORIES
+from agent.pipeline import BatchingOptions, Pipeline
+from agent.privacy.commands import consent_commands
+from agent.service.resources import read_resources
+from agent.service.sdnotify import Notifier, ProgressWatchdog
+from agent.sidecars import Sidecars
+from agent.sources.live import LiveSource, bus_kwargs_from_config, open_bus
+from agent.uplink.config import uplink_config
+from agent.uplink.mqtt import Uplink
+
+log = logging.getLogger(__name__)
+HOUSEKEEPING_S = 1.0
+
+
+class AgentRuntime:
+    def __init__(self, config_path: str | Path, source: LiveSource | None = None,
+                 consent_file: str | None = None, notifier: Notifier | None = None) -> None:
+        self.config_path = Path(config_path)
+        self.config: AgentConfig = load_config(self.config_path)
+        self.state_dir = ensure_state_dir(self.config.resolve(self.config.state.dir))
+        self._given_source = source
+        self._consent_file = consent_file
+        self.notifier = notifier or Notifier.from_environ()
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._reload_requested = threading.Event()
+        self.reloads = {"ok": 0, "rejected": 0, "last_error": None}
+        self.store_counters_at_stop: dict = {}
+        self.store = open_store(self.config)
+        self.consent: Consent = build_consent(self.config, consent_file=consent_file, live=True)
+        self.uplink: Uplink | None = None
+        up = uplink_config(self.config)
+        if up is not None:
+            self.uplink = Uplink(up, self.store, self.config.vehicle.id)
+        self.pipeline, self.privacy = self._build_pipeline(self.config)
+        self.sidecars = self._build_sidecars(self.config, self.pipeline)
+        self.source = source or self._open_buses(self.config)
+        self.control = ControlServer(control_socket_path(self.state_dir), self._commands())
+        self.watchdog = ProgressWatchdog.from_environ(self.notifier, status=self.status_line)
+
+    # -- building ------------------------------------------------------------------
+    def _build_pipeline(self, config: AgentConfig) -> tuple[Pipeline, Any]:
+        plan = collection_plan(config)
+        decoder = decoder_from_config(config, wanted=plan.wants)
+        batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes)
+        assembly = assemble(decoder, plan, self.store, self.consent, config.vehicle.id, batching, uplink=self.uplink)
+        if self.uplink is not None:
+            assembly.pipeline.batch_listeners.append(lambda _id, _batch: self.uplink.notify())
+        return assembly.pipeline, assembly.privacy
+
+    def _build_sidecars(self, config: AgentConfig, pipeline: Pipeline) -> Sidecars:
+        notify = self.uplink.notify if self.uplink is not None else (lambda: None)
+        sidecars = Sidecars(pipeline, self.store, self.consent.policy, config.vehicle.id, notify)
+        if config.incidents:
+            sidecars.attach_incidents(incident_config(config), self.state_dir)
+        if config.camera and camera_config(config).enabled:
+            sidecars.attach_camera(camera_config(config), self.state_dir)
+        return sidecars
+
+    @staticmethod
+    def _open_buses(config: AgentConfig) -> LiveSource:
+        if not config.buses:
+            raise ValueError(f"{config.source}: no buses configured; the service needs at least one")
+        buses = {}
+        try:
+            for bus in config.buses:
+                buses[bus.name] = open_bus(bus_kwargs_from_config(bus))
+        except Exception:
+            for opened in buses.values():
+                opened.shutdown()
+            raise
+        return LiveSource(buses)
+
+    def _commands(self) -> CommandRegistry:
+        registry = CommandRegistry(consent_commands(self.consent.policy))
+        registry.register("status", lambda: self.status())
+        registry.register("reload", lambda: self.request_reload())
+        return registry
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        self.control.start()
+        if self.uplink is not None:
+            self.uplink.start()
+        self.consent.policy.on_ignition()
+        self.notifier.ready(self.status_line())
+        log.info("agent ready: %d buses, state in %s", len(self.config.buses), self.state_dir)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> dict:
+        self._reload_requested.set()
+        return {"requested": True}
+
+    def run(self) -> None:
+        """The pipeline loop; returns after ``stop()`` once everything is flushed."""
+        frames: queue.Queue = self.source.queue
+        next_housekeeping = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                try:
+                    bus, msg = frames.get(timeout=0.2)
+                except queue.Empty:
+                    pass
+                else:
+                    self.pipeline.feed(bus, msg)
+                    # Drain what is already queued before looking at the clock again.
+                    for _ in range(4096):
+                        try:
+                            bus, msg = frames.get_nowait()
+                        except queue.Empty:
+                            break
+                        self.pipeline.feed(bus, msg)
+                now = time.monotonic()
+                if now >= next_housekeeping:
+                    next_housekeeping = now + HOUSEKEEPING_S
+                    self._housekeeping()
+        finally:
+            self._shutdown()
+
+    def _housekeeping(self) -> None:
+        if self._reload_requested.is_set():
+            self._reload_requested.clear()
+            self._reload()
+        self.pipeline.tick()
+        self.consent.policy.tick()
+        self.sidecars.poll(time.time())
+        self.watchdog.progress()
+
+    def _reload(self) -> None:
+        """Re-read config and rules; an invalid new config is rejected and the old one kept.
+
+        No sample is lost: the old pipeline is flushed into the store before the
+        new one takes the next frame (frames wait in the bounded queue meanwhile).
+        """
+        self.notifier.reloading("reloading configuration")
+        try:
+            config = load_config(self.config_path)
+            pipeline, privacy = self._build_pipeline(config)
+        except (ValueError, OSError) as exc:
+            self.reloads["rejected"] += 1
+            self.reloads["last_error"] = str(exc)
+            log.error("reload rejected, keeping the running configuration: %s", exc)
+            self.notifier.ready(self.status_line())
+            return
+        self.pipeline.flush()
+        self.sidecars.flush()
+        self.sidecars.close()
+        self.config, self.pipeline, self.privacy = config, pipeline, privacy
+        self.sidecars = self._build_sidecars(config, pipeline)
+        self.reloads["ok"] += 1
+        log.info("configuration reloaded from %s", self.config_path)
+        self.notifier.ready(self.status_line())
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping("flushing open batches")
+        try:
+            self.source.close()
+            self.pipeline.flush()
+            self.sidecars.flush()
+            self.sidecars.poll(time.time())
+            self.sidecars.close()
+            if self.uplink is not None:
+                self.uplink.stop(timeout=5.0)
+        finally:
+            self.control.stop()
+            self.store_counters_at_stop = {"counters": self.store.counters(), "backlog": self.store.backlog()}
+            self.store.close()
+            log.info("agent stopped")
+
+    # -- status ----------------------------------------------------------------------
+    def status(self) -> dict:
+        """Counters without personal data (also published on the status topic)."""
+        resources = read_resources()
+        policy = self.consent.policy
+        return {
+            "vehicle": self.config.vehicle.id,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "resources": resources.as_dict(),
+            "pipeline": self.pipeline.snapshot(),
+            "dropped_at_bus": dict(self.source.dropped),
+            "buffer": {"counters": self.store.counters(), "backlog": self.store.backlog()},
+            "uplink": self.uplink.state() if self.uplink is not None else {"state": "not configured"},
+            "consent": {"version": policy.version,
+                        "granted": sorted(c for c in ALL_CATEGORIES if policy.is_granted(c))},
+            "sidecars": self.sidecars.counters.as_dict(),
+            "reloads": dict(self.reloads),
+        }
+
+    def final_report(self) -> dict:
+        return {"pipeline": self.pipeline.snapshot(), "buffer": self.store_counters_at_stop,
+                "uplink": self.uplink.state() if self.uplink is not None else None,
+                "sidecars": self.sidecars.counters.as_dict(), "dropped_at_bus": dict(self.source.dropped)}
+
+    def status_line(self) -> str:
+        snap = self.pipeline.snapshot()
+        uplink = self.uplink.state()["state"] if self.uplink is not None else "off"
+        backlog = sum(item.get("batches", 0) for item in self.store.backlog())
+        return (f"frames {snap['frames_in']}, batches {snap['batches_written']}, backlog {backlog}, "
+                f"uplink {uplink}")
+
+

@@ -1,0 +1,1 @@
+"""Running the agent as a system service: systemd notification, resource figures, state directory."""

@@ -1,0 +1,401 @@
+"""The uplink: drains the durable batch store to an MQTT v5 broker, QoS 1.
+
+Guarantees (issue 4):
+
+* a batch leaves the store only after its PUBACK arrives with a success reason
+  code (< 0x80); a failure code keeps it and retries it after ``rejected_retry``;
+* at most ``in_flight`` batches (or the broker's Receive Maximum, if lower) wait
+  for a PUBACK; everything in flight when a connection dies is offered again by
+  the store after the reconnect (the receiver drops duplicates);
+* the store hands out batches by priority, then age, so a backlog drains
+  incident > events > telemetry;
+* reconnects use exponential backoff with jitter; a retained status message says
+  "online" on connect and the last will says "offline";
+* the endpoint is checked (residency allow-list, plaintext only to loopback when
+  allowed, TLS, pin) before any socket is opened; a refused endpoint leaves the
+  uplink in state "refused" and the agent keeps buffering.
+
+Two threads: the I/O thread owns the connection (connect, paho ``loop``,
+backoff); the sender thread settles PUBACKs in the store and fills the window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Protocol
+
+from agent.uplink import properties as batch_properties
+from agent.uplink.config import UplinkConfig
+from agent.uplink.endpoint import Endpoint, EndpointRefused, PinMismatch, build_tls_context, check_endpoint
+from agent.uplink.pacing import Backoff, ByteRateLimiter
+from agent.uplink.session import Ack, Session, SessionHooks, publish_properties, status_json
+from agent.uplink.topics import data_topic, dictionary_topic, status_topic
+
+log = logging.getLogger(__name__)
+
+# How often the sender looks at the store even without notify() (batches written by
+# another process, held batches whose retry time came).
+_POLL_SECONDS = 1.0
+# Bound of the bookkeeping of sent-but-unacknowledged batch ids.
+_MAX_TRACKED = 100_000
+
+
+class StoredBatchLike(Protocol):
+    id: int
+    stream: str
+    priority: int
+    payload: bytes
+
+
+class BatchSource(Protocol):
+    """The part of ``agent.buffer.store.BatchStore`` the uplink uses."""
+
+    def pending(self, limit: int, exclude: Collection[int] = ()) -> list[Any]: ...
+
+    def mark_delivered(self, batch_id: int) -> None: ...
+
+
+class Uplink:
+    def __init__(self, config: UplinkConfig, store: BatchSource, vehicle_id: str,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 environ: Mapping[str, str] | None = None,
+                 on_in_flight_change: Callable[[frozenset[int]], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.vehicle_id = vehicle_id
+        self.client_id = config.client_id or f"vehicle-{vehicle_id}"
+        self._clock = clock
+        self._environ = os.environ if environ is None else environ
+        self._on_in_flight_change = on_in_flight_change
+        self._backoff = Backoff(config.backoff_min, config.backoff_max, rng or random.Random())
+        self._limiter = ByteRateLimiter(config.byte_rate_limit)
+        self._status_topic = status_topic(config.topic_prefix, vehicle_id)
+        self._cond = threading.Condition()
+        self._stop_sending = threading.Event()
+        self._stop_io = threading.Event()
+        self._session: Session | None = None
+        self._window = config.in_flight
+        self._acks: deque[Ack] = deque()
+        self._sending: set[int] = set()  # handed to paho right now (between pending() and bookkeeping)
+        self._held: dict[int, float] = {}  # batch id -> monotonic time it may be re-sent (rejected)
+        # Batches published at least once and not yet acknowledged (to count re-sends), with their size.
+        self._published_before: set[int] = set()
+        self._sizes: dict[int, int] = {}
+        self._wake = False
+        self._threads: list[threading.Thread] = []
+        self._endpoint: Endpoint | None = None
+        self._status = "stopped"
+        self._refused: str | None = None
+        self._last_error: str | None = None
+        self._next_attempt: float | None = None
+        self._counters = {"sent": 0, "acked": 0, "rejected": 0, "resent": 0, "bytes_sent": 0, "bytes_acked": 0,
+                          "connects": 0, "disconnects": 0, "connect_failures": 0}
+        self._last_puback_time: float | None = None
+
+    # -- public API --------------------------------------------------------
+    def start(self) -> None:
+        if self._threads:
+            return
+        if not self.config.enabled:
+            self._status = "disabled"
+            return
+        self._stop_sending.clear()
+        self._stop_io.clear()
+        self._status = "connecting"
+        self._threads = [threading.Thread(target=self._io_main, name="uplink-io", daemon=True),
+                         threading.Thread(target=self._send_main, name="uplink-send", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop sending, wait up to ``timeout`` for outstanding PUBACKs, say "offline", disconnect."""
+        if not self._threads:
+            return
+        deadline = time.monotonic() + timeout
+        self._stop_sending.set()
+        self.notify()
+        self._threads[1].join(max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline and self._session_in_flight():
+            time.sleep(0.01)
+        self._settle_acks()
+        self._stop_io.set()
+        self._threads[0].join(max(0.5, deadline - time.monotonic()))
+        self._threads = []
+        if self._status != "refused":
+            self._status = "stopped"
+
+    def notify(self) -> None:
+        """A new batch is in the store (cheap; call it from the batcher)."""
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+
+    def in_flight_ids(self) -> frozenset[int]:
+        """Batches handed to the MQTT client whose PUBACK has not been seen: they may have
+        left the vehicle (consent revocation records them as such)."""
+        session = self._session
+        with self._cond:
+            ids = set(self._sending)
+        if session is not None:
+            ids |= session.in_flight_ids()
+        return frozenset(ids)
+
+    def state(self) -> dict[str, Any]:
+        session = self._session
+        with self._cond:
+            counters = dict(self._counters)
+            status = self._status
+        connected = bool(session and session.is_connected and not session.is_closed)
+        next_attempt = self._next_attempt
+        return {
+            "state": status,
+            "connected": connected,
+            "endpoint": str(self._endpoint) if self._endpoint else
+            f"{self.config.broker.host}:{self.config.broker.port}",
+            "region": self.config.region,
+            "client_id": self.client_id,
+            "in_flight": len(self.in_flight_ids()),
+            "window": self._window,
+            "held": len(self._held),
+            "last_puback_time": self._last_puback_time,
+            "refused": self._refused,
+            "last_error": self._last_error,
+            "retry_in": round(max(0.0, next_attempt - time.monotonic()), 3) if next_attempt else None,
+            **counters,
+        }
+
+    # -- I/O thread ----------------------------------------------------------
+    def _io_main(self) -> None:
+        try:
+            endpoint = check_endpoint(self.config)
+            tls_context = build_tls_context(self.config.tls, endpoint.pin_sha256, self._environ) \
+                if self.config.tls else None
+        except EndpointRefused as exc:
+            self._refuse(str(exc))
+            return
+        self._endpoint = endpoint
+        log.info("uplink: endpoint %s accepted for region %s", endpoint, endpoint.region)
+        while not self._stop_io.is_set():
+            session = self._new_session(endpoint, tls_context)
+            try:
+                self._set_status("connecting")
+                session.connect()
+            except PinMismatch as exc:
+                self._refuse(f"{self.config.broker_where}: {exc}")
+                return
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                self._connection_failed(f"cannot connect to {endpoint}: {_describe(exc)}")
+                self._wait_backoff()
+                continue
+            self._session = session
+            while not self._stop_io.is_set() and session.loop(0.2):
+                pass
+            if self._stop_io.is_set() and not session.is_closed:
+                self._say_goodbye(session)
+                return
+            self._wait_backoff()
+
+    def _new_session(self, endpoint: Endpoint, tls_context: Any) -> Session:
+        hooks = SessionHooks(connected=self._on_connected, refused=self._on_refused_by_broker,
+                             disconnected=self._on_disconnected, acked=self._on_acked)
+        payload = status_json(self.vehicle_id, self.client_id, self.config.region, self._clock)
+        return Session(endpoint, self.client_id, self.config.keepalive, self._status_topic, payload, tls_context,
+                       self.config.in_flight, hooks)
+
+    def _say_goodbye(self, session: Session) -> None:
+        """A clean stop sends no last will, so publish "offline" ourselves, then disconnect."""
+        if session.is_connected:
+            session.publish_status("offline")
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and session.control_pending() and session.loop(0.05):
+                pass
+        session.disconnect()
+        with contextlib.suppress(Exception):
+            session.loop(0.05)
+        self._set_status("stopped")
+
+    def _wait_backoff(self) -> None:
+        delay = self._backoff.next_delay()
+        self._next_attempt = time.monotonic() + delay
+        self._set_status("backoff")
+        self._stop_io.wait(delay)
+        self._next_attempt = None
+
+    def _refuse(self, message: str) -> None:
+        log.error("uplink refused: %s", message)
+        with self._cond:
+            self._refused = message
+            self._last_error = message
+            self._status = "refused"
+
+    def _connection_failed(self, message: str) -> None:
+        log.warning("uplink: %s", message)
+        with self._cond:
+            self._last_error = message
+            self._counters["connect_failures"] += 1
+
+    def _set_status(self, status: str) -> None:
+        with self._cond:
+            self._status = status
+
+    # session hooks (I/O thread)
+    def _on_connected(self, session: Session, receive_maximum: int | None) -> None:
+        self._backoff.reset()
+        window = self.config.in_flight if not receive_maximum else min(self.config.in_flight, receive_maximum)
+        log.info("uplink: connected to %s (window %d)", session.endpoint, window)
+        with self._cond:
+            self._window = window
+            self._status = "connected"
+            self._counters["connects"] += 1
+            self._last_error = None
+            self._wake = True
+            self._cond.notify_all()
+
+    def _on_refused_by_broker(self, session: Session, why: str) -> None:
+        self._connection_failed(why)
+
+    def _on_disconnected(self, session: Session, why: str) -> None:
+        stopping = self._stop_io.is_set()
+        if stopping:
+            log.info("uplink: %s", why)
+        else:
+            log.warning("uplink: %s; unacknowledged batches stay buffered and are re-sent", why)
+        with self._cond:
+            self._counters["disconnects"] += 1
+            if self._status == "connected" and not stopping:
+                self._last_error = why
+            self._cond.notify_all()
+        self._in_flight_changed()
+
+    def _on_acked(self, ack: Ack) -> None:
+        with self._cond:
+            self._acks.append(ack)
+            self._wake = True
+            self._cond.notify_all()
+
+    # -- sender thread ----------------------------------------------------------
+    def _send_main(self) -> None:
+        while not self._stop_sending.is_set():
+            with self._cond:
+                if not self._wake and not self._acks:
+                    self._cond.wait(_POLL_SECONDS)
+                self._wake = False
+            self._settle_acks()
+            try:
+                self._fill_window()
+            except Exception:  # a store error must not kill the uplink; the batch stays buffered
+                log.exception("uplink: cannot read the batch store")
+                self._stop_sending.wait(_POLL_SECONDS)
+
+    def _settle_acks(self) -> None:
+        while True:
+            with self._cond:
+                if not self._acks:
+                    return
+                ack = self._acks.popleft()
+            if ack.reason_code < 0x80:
+                self.store.mark_delivered(ack.batch_id)
+                with self._cond:
+                    self._counters["acked"] += 1
+                    self._counters["bytes_acked"] += self._sizes.pop(ack.batch_id, 0)
+                    self._last_puback_time = self._clock()
+                    self._published_before.discard(ack.batch_id)
+            else:
+                log.warning("uplink: broker rejected batch %d (%s); keeping it, retry in %.0f s",
+                            ack.batch_id, ack.reason, self.config.rejected_retry)
+                with self._cond:
+                    self._counters["rejected"] += 1
+                    self._held[ack.batch_id] = time.monotonic() + self.config.rejected_retry
+                    self._last_error = f"broker rejected batch {ack.batch_id}: {ack.reason}"
+            self._in_flight_changed()
+
+    def _fill_window(self) -> None:
+        session = self._session
+        if session is None or not session.is_connected or session.is_closed:
+            return
+        now = time.monotonic()
+        with self._cond:
+            for batch_id in [b for b, until in self._held.items() if until <= now]:
+                del self._held[batch_id]
+            acked_unsettled = {ack.batch_id for ack in self._acks}
+            held = set(self._held)
+        busy = session.in_flight_ids()
+        room = self._window - len(busy)
+        if room <= 0:
+            return
+        for batch in self.store.pending(room, exclude=busy | held | acked_unsettled):
+            if self._stop_sending.is_set() or not self._send_one(session, batch):
+                return
+
+    def _send_one(self, session: Session, batch: Any) -> bool:
+        payload = bytes(batch.payload)
+        delay = self._limiter.delay_for(len(payload))
+        while delay > 0:
+            if self._stop_sending.wait(delay) or session.is_closed:
+                return False
+            delay = self._limiter.delay_for(len(payload))
+        try:
+            topic = data_topic(self.config.topic_prefix, self.vehicle_id, batch.stream)
+            props = publish_properties(batch_properties.user_properties(batch), batch_properties.CONTENT_TYPE)
+            self._ensure_dictionary(session, (getattr(batch, "header", None) or {}).get("zstd_dict"))
+        except ValueError as exc:
+            with self._cond:
+                self._held[batch.id] = time.monotonic() + self.config.rejected_retry
+                self._last_error = f"batch {batch.id}: {exc}"
+            log.error("uplink: cannot publish batch %d: %s", batch.id, exc)
+            return True
+        with self._cond:
+            self._sending.add(batch.id)
+        try:
+            handed = session.publish_batch(batch.id, topic, payload, props)
+        finally:
+            with self._cond:
+                self._sending.discard(batch.id)
+        if not handed:
+            return False
+        with self._cond:
+            self._counters["sent"] += 1
+            self._counters["bytes_sent"] += len(payload)
+            if batch.id in self._published_before:
+                self._counters["resent"] += 1
+            elif len(self._published_before) >= _MAX_TRACKED:
+                # Purged batches never get a PUBACK; forget them rather than grow forever.
+                self._published_before.clear()
+                self._sizes.clear()
+            self._published_before.add(batch.id)
+            self._sizes[batch.id] = len(payload)
+        self._in_flight_changed()
+        return True
+
+    def _ensure_dictionary(self, session: Session, dictionary_id: str | None) -> None:
+        """Publish the zstd dictionary a batch needs (retained) before the batch itself,
+        on the same connection, so a receiver has it when the batch arrives."""
+        if not dictionary_id or dictionary_id in session.dictionaries_sent:
+            return
+        lookup = getattr(self.store, "dictionaries", None)
+        data = lookup().get(dictionary_id) if lookup else None
+        if data is None:
+            raise ValueError(f"needs zstd dictionary {dictionary_id}, which the store does not have")
+        session.publish_control(dictionary_topic(self.config.topic_prefix, self.vehicle_id, dictionary_id), data)
+        session.dictionaries_sent.add(dictionary_id)
+
+    def _session_in_flight(self) -> bool:
+        session = self._session
+        return bool(session and not session.is_closed and session.in_flight_ids())
+
+    def _in_flight_changed(self) -> None:
+        if self._on_in_flight_change is not None:
+            self._on_in_flight_change(self.in_flight_ids())
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one line, without stack or key material (ssl errors carry only reasons)."""
+    text = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"

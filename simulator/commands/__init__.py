@@ -1,0 +1,1 @@
+"""``vehicle-sim`` subcommands; each module defines ``register(subparsers)``."""

@@ -1,0 +1,147 @@
+"""``vehicle-sim cloud --broker HOST:PORT``: the reference cloud receiver.
+
+Subscribes to every vehicle's batches (optionally as one member of a shared
+subscription group, so several receivers split a fleet), verifies, drops
+duplicates, finds gaps, decodes into SQLite and prints a report when it stops:
+after ``--batches N`` unique batches, after ``--duration S`` seconds, or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.uplink.endpoint import is_loopback
+from simulator.receiver import Receiver, ReceiverTls, format_report
+
+
+class CloudUsageError(ValueError):
+    """A bad command line; printed as one line by vehicle-sim."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cloud", help="run the reference cloud receiver (MQTT -> SQLite + report)",
+        description="Subscribe to vehicles/+/v1/data/+ on an MQTT v5 broker, verify and deduplicate batches, "
+                    "decode them into SQLite and report batches, samples, duplicates, gaps, bytes and latency.")
+    parser.add_argument("--broker", required=True, metavar="HOST:PORT",
+                        help="broker address (port defaults to 1883, or 8883 with --ca)")
+    parser.add_argument("--db", default=":memory:", metavar="FILE", help="SQLite database (default: in memory)")
+    parser.add_argument("--share", metavar="GROUP", default=None,
+                        help="join shared subscription GROUP ($share/GROUP/...): receivers split the fleet")
+    parser.add_argument("--client-id", default=None, metavar="ID",
+                        help="MQTT client id; keep it across restarts to resume the persistent session")
+    parser.add_argument("--topic-prefix", default="vehicles", metavar="PREFIX")
+    parser.add_argument("--ca", metavar="FILE", help="CA certificate: use TLS and verify the broker")
+    parser.add_argument("--cert", metavar="FILE", help="client certificate (mutual TLS)")
+    parser.add_argument("--key", metavar="FILE", help="client private key (mutual TLS)")
+    parser.add_argument("--dictionary", action="append", default=[], metavar="FILE",
+                        help="zstd dictionary file for batches that name one (vehicles also publish theirs)")
+    parser.add_argument("--batches", type=int, default=None, metavar="N", help="stop after N unique batches")
+    parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    parser.add_argument("--report", metavar="FILE", help="also write the report as JSON to FILE")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+    parser.set_defaults(func=run)
+
+
+def parse_broker(text: str, tls: bool) -> tuple[str, int]:
+    default_port = 8883 if tls else 1883
+    text = text.strip()
+    if text.startswith("["):  # [::1]:1883
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise CloudUsageError(f"--broker {text!r}: no host")
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise CloudUsageError(f"--broker {text!r}: port must be a number") from None
+    if not 0 < port < 65536:
+        raise CloudUsageError(f"--broker {text!r}: port out of range")
+    return host, port
+
+
+def _tls(args: argparse.Namespace) -> ReceiverTls | None:
+    if (args.cert is None) != (args.key is None):
+        raise CloudUsageError("--cert and --key go together")
+    if args.ca is None:
+        if args.cert:
+            raise CloudUsageError("--cert/--key need --ca")
+        return None
+    for option, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
+        if path is not None and not Path(path).is_file():
+            raise CloudUsageError(f"{option} {path}: no such file")
+    return ReceiverTls(args.ca, args.cert, args.key)
+
+
+def _dictionaries(paths: list[str]) -> dict[str, bytes]:
+    out = {}
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise CloudUsageError(f"--dictionary {path}: {exc.strerror or exc}") from None
+        out[f"sha256:{hashlib.sha256(data).hexdigest()}"] = data
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    tls = _tls(args)
+    host, port = parse_broker(args.broker, tls is not None)
+    if tls is None and not is_loopback(host):
+        raise CloudUsageError(f"--broker {host}: plaintext MQTT only to a loopback broker; give --ca for TLS")
+    if args.batches is not None and args.batches < 1:
+        raise CloudUsageError("--batches must be at least 1")
+    receiver = Receiver(host, port, args.db, tls=tls, shared_group=args.share, topic_prefix=args.topic_prefix,
+                        client_id=args.client_id, dictionaries=_dictionaries(args.dictionary))
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
+        if threading.current_thread() is threading.main_thread() else None
+    reached = True
+    try:
+        try:
+            receiver.start()
+        except (OSError, TimeoutError) as exc:
+            raise CloudUsageError(f"cannot subscribe on {host}:{port}: {exc}") from None
+        print(f"vehicle-sim cloud: subscribed on {host}:{port}"
+              + (f" as member of shared group {args.share}" if args.share else ""), file=sys.stderr)
+        reached = _wait(receiver, stop, args.batches, args.duration)
+        report = receiver.report()
+    except KeyboardInterrupt:
+        report = receiver.report()
+    finally:
+        receiver.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    _output(report, args)
+    return 0 if reached else 1
+
+
+def _wait(receiver: Receiver, stop: threading.Event, batches: int | None, duration: float | None) -> bool:
+    """True when the stop condition was met (False: --duration ran out before --batches)."""
+    deadline = None if duration is None else time.monotonic() + duration
+    while not stop.is_set():
+        if batches is not None and receiver.unique_batches >= batches:
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return batches is None
+        receiver.wait_for(batches or 1 << 62, timeout=0.2)
+    return True
+
+
+def _output(report: dict[str, Any], args: argparse.Namespace) -> None:
+    text = json.dumps(report, indent=2, sort_keys=True)
+    if args.report:
+        Path(args.report).write_text(text + "\n", encoding="utf-8")
+    print(text if args.json else format_report(report))

@@ -1,0 +1,80 @@
+"""``vehicle-sim replay LOG --to URL``: put a recorded log back on a bus."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from agent.sources.log import LogSource
+from simulator.faults import FAULTS_HELP, parse_fault_spec
+from simulator.replay import ReplayOptions, open_target, replay
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "replay", help="replay a CAN log onto a bus",
+        description="Replay a CAN log (candump .log, .asc, .blf, .trc, .csv, .gz) onto virtual://NAME, "
+                    "socketcand://127.0.0.1:PORT (served here; port 0 picks one) or socketcan://CHANNEL.")
+    parser.add_argument("log", metavar="LOG")
+    parser.add_argument("--to", required=True, metavar="URL", help="target bus URL")
+    parser.add_argument("--speed", default="1.0", type=parse_speed,
+                        help="1.0 = real time, 10 = ten times faster, max = no sleeping (default 1.0)")
+    parser.add_argument("--loop", type=int, default=1, metavar="N", help="passes over the log (0 = forever)")
+    parser.add_argument("--bus-map", default="", metavar="CH=NAME,...",
+                        help="name log channels (e.g. 0=truck,1=gps); only mapped channels are replayed")
+    parser.add_argument("--per-bus", action="store_true",
+                        help="keep buses apart: each on the channel named after it (socketcand: the clients "
+                             "that opened that channel)")
+    parser.add_argument("--wait-clients", type=int, default=1, metavar="N",
+                        help="socketcand: clients to wait for before sending (default 1; 0 = do not wait)")
+    parser.add_argument("--wait-timeout", type=float, default=30.0, metavar="S",
+                        help="socketcand: give up waiting for clients after S seconds (default 30)")
+    parser.add_argument("--faults", metavar="SPEC", help="inject faults: " + FAULTS_HELP.replace("%", "%%"))
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def parse_speed(text: str) -> float:
+    if text.strip().lower() == "max":
+        return math.inf
+    try:
+        speed = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'max', got {text!r}") from None
+    if not speed > 0 or math.isinf(speed):
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'max', got {text!r}")
+    return speed
+
+
+def parse_bus_map(text: str) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        channel, equals, bus = item.partition("=")
+        if not equals or not channel.strip() or not bus.strip():
+            raise ValueError(f"--bus-map: expected CHANNEL=NAME, got {item!r}")
+        mapping[channel.strip()] = bus.strip()
+    return mapping
+
+
+def _announce(line: str) -> None:
+    print(f"vehicle-sim replay: {line}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.loop < 0:
+        raise ValueError(f"--loop must be >= 0, got {args.loop}")
+    options = ReplayOptions(speed=args.speed, loop=args.loop, bus_map=parse_bus_map(args.bus_map),
+                            per_bus=args.per_bus, wait_clients=args.wait_clients, wait_timeout=args.wait_timeout,
+                            progress=not args.quiet and sys.stderr.isatty(),
+                            faults=parse_fault_spec(args.faults) if args.faults else None)
+    LogSource(args.log)  # a missing or unreadable log fails before any server starts
+    target = open_target(args.to, options, announce=_announce)
+    report = replay(args.log, target, options)
+    print(report.summary(), flush=True)
+    if report.log_error:
+        print(f"vehicle-sim replay: error: {report.log_error}", file=sys.stderr)
+        return 1
+    if report.interrupted:
+        return 130
+    return 1 if report.dropped else 0

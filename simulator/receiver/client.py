@@ -1,0 +1,227 @@
+"""The reference cloud receiver: subscribe, verify, deduplicate, decode into SQLite.
+
+Several receivers can split a fleet with an MQTT v5 shared subscription
+(``shared_group``): the broker hands each batch to one member of the group.
+
+The receiver keeps a persistent session (fixed client id, clean_start false,
+session expiry) with QoS 1 subscriptions, so batches published while it is
+disconnected - or while the broker restarts, if the broker persists sessions -
+are delivered when it comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent.uplink.properties import parse_user_properties
+from agent.uplink.topics import (
+    DATA,
+    DICTIONARY,
+    STATUS,
+    TopicParts,
+    data_filter,
+    dictionary_filter,
+    parse_topic,
+    status_filter,
+)
+from simulator.receiver.decode import BatchRejected, decode_late, verify_batch
+from simulator.receiver.report import build_report
+from simulator.receiver.store import ReceiverStore
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class ReceiverTls:
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert and self.key:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+class Receiver:
+    def __init__(self, broker_host: str, port: int, db_path: str | Path = ":memory:", tls: ReceiverTls | None = None,
+                 shared_group: str | None = None, topic_prefix: str = "vehicles", client_id: str | None = None,
+                 clock: Callable[[], float] = time.time, dictionaries: Mapping[str, bytes] | None = None,
+                 categories_of: Mapping[str, str] | None = None) -> None:
+        self.broker_host = broker_host
+        self.port = port
+        self.topic_prefix = topic_prefix
+        self.shared_group = shared_group
+        self.client_id = client_id or f"receiver-{uuid.uuid4().hex[:12]}"
+        data_filter(topic_prefix, shared_group)  # a bad group name fails here, not in the network thread
+        self.store = ReceiverStore(db_path)
+        self._clock = clock
+        self._dictionaries = {**self.store.dictionaries(), **(dictionaries or {})}
+        self._categories_of = dict(categories_of or {})
+        self._cond = threading.Condition()
+        self._connected = threading.Event()
+        self._unique = self.store.batch_count()
+        self._received = 0
+        self._started = False
+        client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=mqtt.MQTTv5)
+        client.reconnect_delay_set(0.1, 2.0)
+        client.enable_logger(logging.getLogger("simulator.receiver.paho"))
+        if tls is not None:
+            client.tls_set_context(tls.context())
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._client = client
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        """Connect and subscribe; returns once the subscription is in place."""
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+        self._client.connect(self.broker_host, self.port, keepalive=30, clean_start=False, properties=properties)
+        self._client.loop_start()
+        self._started = True
+        if not self._connected.wait(timeout):
+            self.stop()
+            raise TimeoutError(f"receiver: no subscription on {self.broker_host}:{self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self._started:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._started = False
+        self.store.close()
+
+    def wait_for(self, batches: int, timeout: float) -> bool:
+        """Block until ``batches`` unique batches are stored; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._unique < batches:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def wait_quiet(self, quiet: float, timeout: float) -> None:
+        """Block until no message arrived for ``quiet`` seconds (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        while time.monotonic() < deadline:
+            with self._cond:
+                current = self._received
+            if current == last:
+                return
+            last = current
+            time.sleep(quiet)
+
+    def report(self) -> dict[str, Any]:
+        return build_report(self.store)
+
+    @property
+    def unique_batches(self) -> int:
+        with self._cond:
+            return self._unique
+
+    # -- paho callbacks (network thread) ---------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("receiver: broker refused the connection: %s", reason_code)
+            return
+        options = SubscribeOptions(qos=1)
+        client.subscribe([(data_filter(self.topic_prefix, self.shared_group), options),
+                          (status_filter(self.topic_prefix), options),
+                          (dictionary_filter(self.topic_prefix), options)])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
+                      properties: Any) -> None:
+        failures = [str(code) for code in reason_codes if code.is_failure]
+        if failures:
+            log.error("receiver: subscription refused: %s", ", ".join(failures))
+            return
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        self._connected.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        received = self._clock()
+        try:
+            self._handle(message, received)
+        except Exception:  # one bad message must not stop the receiver
+            log.exception("receiver: cannot process a message on %s", message.topic)
+        with self._cond:
+            self._received += 1
+            self._cond.notify_all()
+
+    def _handle(self, message: mqtt.MQTTMessage, received: float) -> None:
+        parts = parse_topic(self.topic_prefix, message.topic)
+        payload = bytes(message.payload)
+        if parts is None:
+            self.store.add_corrupt(None, message.topic, received, len(payload), "topic outside the scheme")
+            return
+        if parts.kind == STATUS:
+            self._handle_status(parts.vehicle_id, payload, received)
+            return
+        if parts.kind == DICTIONARY:
+            self._handle_dictionary(parts, message.topic, payload, received)
+            return
+        assert parts.kind == DATA and parts.stream is not None
+        props = parse_user_properties(getattr(message.properties, "UserProperty", None))
+        try:
+            verified = verify_batch(parts.vehicle_id, parts.stream, payload, props, received,
+                                    self._dictionaries, self._categories_of)
+        except BatchRejected as exc:
+            log.warning("receiver: rejected batch on %s: %s", message.topic, exc)
+            self.store.add_corrupt(parts.vehicle_id, message.topic, received, len(payload), str(exc))
+            return
+        waiting = (verified.needs_dictionary, payload) if verified.needs_dictionary else None
+        if self.store.add_batch(verified.row, verified.samples, waiting):
+            with self._cond:
+                self._unique += 1
+
+    def _handle_dictionary(self, parts: TopicParts, topic: str, payload: bytes, received: float) -> None:
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest != parts.stream:
+            self.store.add_corrupt(parts.vehicle_id, topic, received, len(payload),
+                                   f"dictionary hashes to {digest}, not the {parts.stream} its topic names")
+            return
+        dictionary_id = f"sha256:{digest}"
+        if dictionary_id in self._dictionaries:
+            return
+        self._dictionaries[dictionary_id] = payload
+        self.store.add_dictionary(dictionary_id, payload)
+        for vehicle, boot_id, seq, waiting_payload in self.store.waiting_for(dictionary_id):
+            samples = decode_late(waiting_payload, self._dictionaries, self._categories_of)
+            self.store.add_late_samples(vehicle, boot_id, seq, samples)
+
+    def _handle_status(self, vehicle: str, payload: bytes, received: float) -> None:
+        try:
+            body = json.loads(payload.decode("utf-8"))
+            state = str(body["state"])
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+            state = "unreadable"
+        self.store.set_status(vehicle, state, payload.decode("utf-8", "replace"), received)
