@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.assemble import Consent, assemble, build_consent, collection_plan, ensure_state_dir, open_store
+from agent.assemble import Consent, assemble, build_consent, collection_plan, open_store
 from agent.camera.config import camera_config
 from agent.cli.common import decoder_from_config
 from agent.config import AgentConfig, load_config
@@ -33,6 +33,7 @@ from agent.pipeline import BatchingOptions, Pipeline
 from agent.privacy.commands import consent_commands
 from agent.service.resources import read_resources
 from agent.service.sdnotify import Notifier, ProgressWatchdog
+from agent.service.statedir import prepare_state_dir
 from agent.sidecars import Sidecars
 from agent.sources.live import LiveSource, bus_kwargs_from_config, open_bus
 from agent.uplink.config import uplink_config
@@ -44,20 +45,26 @@ HOUSEKEEPING_S = 1.0
 
 class AgentRuntime:
     def __init__(self, config_path: str | Path, source: LiveSource | None = None,
-                 consent_file: str | None = None, notifier: Notifier | None = None) -> None:
+                 consent_file: str | None = None, notifier: Notifier | None = None,
+                 bench_grant_all: bool = False) -> None:
+        """``bench_grant_all`` is only for the demo replaying a log (bench data); ``run`` never sets it."""
         self.config_path = Path(config_path)
         self.config: AgentConfig = load_config(self.config_path)
-        self.state_dir = ensure_state_dir(self.config.resolve(self.config.state.dir))
+        self.state_dir = self.config.resolve(self.config.state.dir)
+        # Owner-only state (0700), keys 0600; a world-writable state dir is refused.
+        prepare_state_dir(self.state_dir)
         self._given_source = source
         self._consent_file = consent_file
         self.notifier = notifier or Notifier.from_environ()
         self.started_at = time.time()
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
+        self._flush_requested = threading.Event()
         self.reloads = {"ok": 0, "rejected": 0, "last_error": None}
         self.store_counters_at_stop: dict = {}
         self.store = open_store(self.config)
-        self.consent: Consent = build_consent(self.config, consent_file=consent_file, live=True)
+        self.consent: Consent = build_consent(self.config, grant_all=bench_grant_all, consent_file=consent_file,
+                                              live=not bench_grant_all)
         self.uplink: Uplink | None = None
         up = uplink_config(self.config)
         if up is not None:
@@ -119,6 +126,23 @@ class AgentRuntime:
     def stop(self) -> None:
         self._stop.set()
 
+    def frames_seen(self) -> int:
+        return self.pipeline.counters.frames_in
+
+    def drain(self, timeout: float) -> bool:
+        """Ask the pipeline thread to close every open batch, then wait until the uplink
+        has delivered the whole backlog (the demo's end; the service never needs it)."""
+        self._flush_requested.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._flush_requested.is_set():
+                backlog = sum(item.get("batches", 0) for item in self.store.backlog())
+                in_flight = self.uplink.state()["in_flight"] if self.uplink is not None else 0
+                if backlog == 0 and in_flight == 0:
+                    return True
+            time.sleep(0.05)
+        return False
+
     def request_reload(self) -> dict:
         self._reload_requested.set()
         return {"requested": True}
@@ -143,13 +167,18 @@ class AgentRuntime:
                             break
                         self.pipeline.feed(bus, msg)
                 now = time.monotonic()
-                if now >= next_housekeeping:
+                if now >= next_housekeeping or self._flush_requested.is_set():
                     next_housekeeping = now + HOUSEKEEPING_S
                     self._housekeeping()
         finally:
             self._shutdown()
 
     def _housekeeping(self) -> None:
+        if self._flush_requested.is_set():
+            self.pipeline.flush()
+            self.sidecars.flush()
+            self.sidecars.poll(time.time())
+            self._flush_requested.clear()
         if self._reload_requested.is_set():
             self._reload_requested.clear()
             self._reload()

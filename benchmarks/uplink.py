@@ -4,9 +4,9 @@
 
 * Drain: a BatchStore (SQLite WAL, the agent's default synchronous=FULL unless
   --synchronous says otherwise) holds a backlog of real batches (every shared
-  real log through the Batcher, 10 s batches, zstd level 19, repeated under new
-  boot ids until --batches); the uplink starts and the clock stops when the
-  store is empty.  Reported: payload MB/s and batches/s, per in-flight window.
+  real log through the Batcher, 10 s batches or --batch-age, zstd level 19,
+  repeated under new boot ids until --batches); the uplink starts and the clock
+  stops when the store is empty.  Reported: payload MB/s and batches/s, per in-flight window.
 * Latency: with the uplink connected and idle, one batch at a time is committed
   and notify()'d (the "trigger": an incident closing its batch); the time to its
   PUBACK being settled (mark_delivered) is measured.  Reported p50/p99, idle and
@@ -71,7 +71,7 @@ class TimedStore:
             return self.delivered_at[batch_id]
 
 
-def real_encoded(data_dir: Path, wanted: int) -> list[EncodedBatch]:
+def real_encoded(data_dir: Path, wanted: int, max_age_s: float = 10.0) -> list[EncodedBatch]:
     """Real batches from every shared log, re-batched under new boot ids until ``wanted``."""
     sources = []
     for log in REAL_LOGS:
@@ -83,7 +83,8 @@ def real_encoded(data_dir: Path, wanted: int) -> list[EncodedBatch]:
     for round_number in itertools.count():
         for index, (specs, rows) in enumerate(sources):
             seq = itertools.count()
-            batcher = Batcher(specs, out.append, VEHICLE, f"bench-{round_number}-{index}", lambda s=seq: next(s))
+            batcher = Batcher(specs, out.append, VEHICLE, f"bench-{round_number}-{index}", lambda s=seq: next(s),
+                              max_age_s=max_age_s)
             for row in rows:
                 batcher.put(row)
             batcher.flush()
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--batches", type=int, default=600, help="backlog size for the drain (default 600)")
+    parser.add_argument("--batch-age", type=float, default=10.0,
+                        help="batcher max_age_s (default 10; 300 gives batches at the 64 KiB size limit)")
     parser.add_argument("--windows", default="1,16,64", help="in-flight windows to drain with (default 1,16,64)")
     parser.add_argument("--latency-count", type=int, default=200, help="triggers per latency run (default 200)")
     parser.add_argument("--synchronous", default="FULL", choices=("NORMAL", "FULL"),
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    batches = real_encoded(args.data, args.batches)
+    batches = real_encoded(args.data, args.batches, args.batch_age)
     results: dict = {"synchronous": args.synchronous, "drain": [], "latency": []}
     with tempfile.TemporaryDirectory(prefix="uplink-bench-") as tmp:
         directory = Path(tmp)

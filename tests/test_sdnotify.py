@@ -100,6 +100,19 @@ def test_unreachable_socket_returns_false_and_warns_once(tmp_path, caplog):
     assert len(caplog.records) == 1 and "cannot notify systemd" in caplog.records[0].getMessage()
 
 
+def test_a_full_notify_socket_never_blocks_the_caller(listener, caplog):
+    value, sock = listener  # nobody reads: the socket's queue fills up
+    notifier = Notifier(value)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="agent.service.sdnotify"):
+        results = [notifier.watchdog() for _ in range(5000)]
+    assert time.monotonic() - started < 2
+    assert results[0] is True and results[-1] is False
+    queued = len(received(sock))
+    assert queued == results.count(True) and 0 < queued < 5000
+    assert len(caplog.records) == 1  # warned once, not 5000 times
+
+
 @pytest.mark.parametrize(("fields", "bad"), [(("READY",), "READY"), (("=1",), "=1"), (("STATUS=a\nb",), "STATUS=a\nb")])
 def test_malformed_fields_are_refused(listener, fields, bad):
     notifier = Notifier(listener[0])

@@ -216,6 +216,55 @@ def test_in_flight_window_is_bounded_and_resent_after_broker_crash(mosquitto, st
 
 
 @pytest.mark.uplink
+def test_purged_in_flight_batches_are_forgotten(mosquitto, store, shared_data):
+    """Consent revocation: batches purged while in flight are reported as such, never re-sent,
+    and their PUBACKs are ignored."""
+    window = 4
+    uplink = Uplink(plain_config(mosquitto, in_flight=window), store, VEHICLE)
+    uplink.start()
+    try:
+        assert wait_until(lambda: uplink.state()["connected"], 10)
+        mosquitto.pause()
+        ids = fill_store(store, shared_data, limit_rows=6000)
+        uplink.notify()
+        assert wait_until(lambda: len(uplink.in_flight_ids()) == window, 10)
+        in_flight = set(uplink.in_flight_ids())
+        doomed = in_flight | {ids[-1]}  # also one that never left
+        purged = store.purge(predicate=lambda batch: batch.id in doomed)
+        assert set(purged) == doomed
+        uplink.forget(in_flight)
+        assert uplink.in_flight_ids() == frozenset()
+        mosquitto.resume()
+        assert wait_until(lambda: store.counters()["pending_batches"] == 0, 20), uplink.state()
+        time.sleep(0.3)
+    finally:
+        uplink.stop()
+    state = uplink.state()
+    assert state["forgotten"] == window and state["resent"] == 0
+    assert state["acked"] == len(ids) - len(doomed), "PUBACKs of forgotten batches are not counted as deliveries"
+    assert state["sent"] == len(ids) - 1, "the purged batch that never left was never sent"
+    assert store.counters()["delivered"] == len(ids) - len(doomed)
+
+
+@pytest.mark.uplink
+def test_hung_broker_times_out_without_connack_then_recovers(mosquitto, store, shared_data):
+    ids = fill_store(store, shared_data, limit_rows=4000)
+    mosquitto.pause()  # TCP still connects (kernel backlog) but no CONNACK ever comes
+    uplink = Uplink(plain_config(mosquitto, connect_timeout=0.5, backoff_max=0.5), store, VEHICLE)
+    uplink.start()
+    try:
+        assert wait_until(lambda: uplink.state()["connect_failures"] >= 2, 10), uplink.state()
+        state = uplink.state()
+        assert "no CONNACK within 0.5 s" in state["last_error"] and state["connects"] == 0
+        assert store.counters()["pending_batches"] == len(ids)
+        mosquitto.resume()
+        assert wait_until(lambda: store.counters()["pending_batches"] == 0, 20), uplink.state()
+    finally:
+        uplink.stop()
+    assert uplink.state()["acked"] == len(ids)
+
+
+@pytest.mark.uplink
 def test_failure_reason_code_keeps_batch_and_retries(tmp_path, store, receiver_factory, shared_data):
     acl = tmp_path / "acl"
     acl.write_text("topic readwrite vehicles/#\ntopic deny vehicles/+/v1/data/incident\n")

@@ -54,8 +54,8 @@ class Notifier:
         return self.address is not None
 
     def send(self, *fields: str) -> bool:
-        """Send ``KEY=VALUE`` fields in one datagram.  Returns False (and logs once) if systemd cannot be reached:
-        losing a notification must never stop the agent."""
+        """Send ``KEY=VALUE`` fields in one datagram.  Returns False (and logs once) if systemd cannot be reached
+        or its socket is full: losing a notification must never stop or stall the agent."""
         if self.address is None or not fields:
             return False
         for field in fields:
@@ -66,7 +66,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(payload, self.address)
+            # Never wait: the pipeline loop sends these, and a full socket must not stall it.
+            self._sock.sendto(payload, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL, self.address)
         except OSError as exc:
             if not self._warned:
                 log.warning("cannot notify systemd at %r: %s", self.address, exc)
@@ -171,7 +172,7 @@ class ProgressWatchdog:
         if not self.notifier.enabled:
             return False
         now = self.clock()
-        ping = self._ping_every is not None
+        ping = self._ping_every is not None and (self._last_ping is None or now - self._last_ping >= self._ping_every)
         text = self._due_status(now)
         if not ping and text is None:
             return False

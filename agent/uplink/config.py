@@ -15,6 +15,7 @@ Example (the defaults are the dataclass defaults below)::
         key_password_env: VEHICLE_KEY_PASSWORD   # name of the variable, never the password
       allow_plaintext_loopback: false
       keepalive: 30
+      connect_timeout: 10
       in_flight: 16
       backoff_min: 0.5
       backoff_max: 60
@@ -76,6 +77,8 @@ class UplinkConfig:
     allow_plaintext_loopback: bool = False
     enabled: bool = True
     keepalive: int = 30
+    # Seconds for TCP connect + TLS handshake, and again for the CONNACK to arrive.
+    connect_timeout: float = 10.0
     in_flight: int = 16
     backoff_min: float = 0.5
     backoff_max: float = 60.0
@@ -97,6 +100,8 @@ def _validate(config: UplinkConfig, doc: Located, path: tuple) -> None:
         raise doc.error((*path, "region"), "must name the data-residency region")
     if config.keepalive < 5 or config.keepalive > 65535:
         raise doc.error((*path, "keepalive"), "must be between 5 and 65535 seconds")
+    if config.connect_timeout <= 0:
+        raise doc.error((*path, "connect_timeout"), "must be positive")
     if config.in_flight < 1 or config.in_flight > 1000:
         raise doc.error((*path, "in_flight"), "must be between 1 and 1000")
     if config.backoff_min <= 0 or config.backoff_max < config.backoff_min:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from agent.uplink import properties as batch_properties
+from agent.uplink.book import DeliveryBook
 from agent.uplink.config import UplinkConfig
 from agent.uplink.endpoint import Endpoint, EndpointRefused, PinMismatch, build_tls_context, check_endpoint
 from agent.uplink.pacing import Backoff, ByteRateLimiter
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 # How often the sender looks at the store even without notify() (batches written by
 # another process, held batches whose retry time came).
 _POLL_SECONDS = 1.0
-# Bound of the bookkeeping of sent-but-unacknowledged batch ids.
-_MAX_TRACKED = 100_000
 
 
 class StoredBatchLike(Protocol):
@@ -82,12 +81,8 @@ class Uplink:
         self._stop_io = threading.Event()
         self._session: Session | None = None
         self._window = config.in_flight
-        self._acks: deque[Ack] = deque()
-        self._sending: set[int] = set()  # handed to paho right now (between pending() and bookkeeping)
-        self._held: dict[int, float] = {}  # batch id -> monotonic time it may be re-sent (rejected)
-        # Batches published at least once and not yet acknowledged (to count re-sends), with their size.
-        self._published_before: set[int] = set()
-        self._sizes: dict[int, int] = {}
+        self._acks: deque[Ack] = deque()  # PUBACKs from the I/O thread, settled by the sender
+        self._book = DeliveryBook()
         self._wake = False
         self._threads: list[threading.Thread] = []
         self._endpoint: Endpoint | None = None
@@ -95,9 +90,6 @@ class Uplink:
         self._refused: str | None = None
         self._last_error: str | None = None
         self._next_attempt: float | None = None
-        self._counters = {"sent": 0, "acked": 0, "rejected": 0, "resent": 0, "bytes_sent": 0, "bytes_acked": 0,
-                          "connects": 0, "disconnects": 0, "connect_failures": 0}
-        self._last_puback_time: float | None = None
 
     # -- public API --------------------------------------------------------
     def start(self) -> None:
@@ -141,16 +133,21 @@ class Uplink:
         """Batches handed to the MQTT client whose PUBACK has not been seen: they may have
         left the vehicle (consent revocation records them as such)."""
         session = self._session
-        with self._cond:
-            ids = set(self._sending)
+        ids = self._book.sending()
         if session is not None:
             ids |= session.in_flight_ids()
-        return frozenset(ids)
+        return frozenset(ids - self._book.forgotten())
+
+    def forget(self, batch_ids: Collection[int]) -> None:
+        """These batches were purged (consent revocation): never send them again and
+        ignore their PUBACKs.  Their window slots stay taken until the PUBACK comes."""
+        self._book.forget(batch_ids)
+        self._in_flight_changed()
 
     def state(self) -> dict[str, Any]:
         session = self._session
+        book = self._book.snapshot()
         with self._cond:
-            counters = dict(self._counters)
             status = self._status
         connected = bool(session and session.is_connected and not session.is_closed)
         next_attempt = self._next_attempt
@@ -163,12 +160,10 @@ class Uplink:
             "client_id": self.client_id,
             "in_flight": len(self.in_flight_ids()),
             "window": self._window,
-            "held": len(self._held),
-            "last_puback_time": self._last_puback_time,
             "refused": self._refused,
             "last_error": self._last_error,
             "retry_in": round(max(0.0, next_attempt - time.monotonic()), 3) if next_attempt else None,
-            **counters,
+            **book,
         }
 
     # -- I/O thread ----------------------------------------------------------
@@ -195,8 +190,10 @@ class Uplink:
                 self._wait_backoff()
                 continue
             self._session = session
+            connack_deadline = time.monotonic() + self.config.connect_timeout
             while not self._stop_io.is_set() and session.loop(0.2):
-                pass
+                if not session.was_connected and time.monotonic() > connack_deadline:
+                    session.abort(f"no CONNACK within {self.config.connect_timeout:g} s")
             if self._stop_io.is_set() and not session.is_closed:
                 self._say_goodbye(session)
                 return
@@ -206,8 +203,8 @@ class Uplink:
         hooks = SessionHooks(connected=self._on_connected, refused=self._on_refused_by_broker,
                              disconnected=self._on_disconnected, acked=self._on_acked)
         payload = status_json(self.vehicle_id, self.client_id, self.config.region, self._clock)
-        return Session(endpoint, self.client_id, self.config.keepalive, self._status_topic, payload, tls_context,
-                       self.config.in_flight, hooks)
+        return Session(endpoint, self.client_id, self.config.keepalive, self.config.connect_timeout,
+                       self._status_topic, payload, tls_context, self.config.in_flight, hooks)
 
     def _say_goodbye(self, session: Session) -> None:
         """A clean stop sends no last will, so publish "offline" ourselves, then disconnect."""
@@ -237,9 +234,9 @@ class Uplink:
 
     def _connection_failed(self, message: str) -> None:
         log.warning("uplink: %s", message)
+        self._book.count("connect_failures")
         with self._cond:
             self._last_error = message
-            self._counters["connect_failures"] += 1
 
     def _set_status(self, status: str) -> None:
         with self._cond:
@@ -250,10 +247,10 @@ class Uplink:
         self._backoff.reset()
         window = self.config.in_flight if not receive_maximum else min(self.config.in_flight, receive_maximum)
         log.info("uplink: connected to %s (window %d)", session.endpoint, window)
+        self._book.count("connects")
         with self._cond:
             self._window = window
             self._status = "connected"
-            self._counters["connects"] += 1
             self._last_error = None
             self._wake = True
             self._cond.notify_all()
@@ -267,8 +264,8 @@ class Uplink:
             log.info("uplink: %s", why)
         else:
             log.warning("uplink: %s; unacknowledged batches stay buffered and are re-sent", why)
+        self._book.count("disconnects")
         with self._cond:
-            self._counters["disconnects"] += 1
             if self._status == "connected" and not stopping:
                 self._last_error = why
             self._cond.notify_all()
@@ -300,19 +297,16 @@ class Uplink:
                 if not self._acks:
                     return
                 ack = self._acks.popleft()
-            if ack.reason_code < 0x80:
+            if self._book.take_forgotten(ack.batch_id):
+                log.info("uplink: PUBACK for purged batch %d ignored", ack.batch_id)
+            elif ack.reason_code < 0x80:
                 self.store.mark_delivered(ack.batch_id)
-                with self._cond:
-                    self._counters["acked"] += 1
-                    self._counters["bytes_acked"] += self._sizes.pop(ack.batch_id, 0)
-                    self._last_puback_time = self._clock()
-                    self._published_before.discard(ack.batch_id)
+                self._book.delivered(ack.batch_id, self._clock())
             else:
                 log.warning("uplink: broker rejected batch %d (%s); keeping it, retry in %.0f s",
                             ack.batch_id, ack.reason, self.config.rejected_retry)
+                self._book.rejected(ack.batch_id, self.config.rejected_retry)
                 with self._cond:
-                    self._counters["rejected"] += 1
-                    self._held[ack.batch_id] = time.monotonic() + self.config.rejected_retry
                     self._last_error = f"broker rejected batch {ack.batch_id}: {ack.reason}"
             self._in_flight_changed()
 
@@ -320,12 +314,9 @@ class Uplink:
         session = self._session
         if session is None or not session.is_connected or session.is_closed:
             return
-        now = time.monotonic()
         with self._cond:
-            for batch_id in [b for b, until in self._held.items() if until <= now]:
-                del self._held[batch_id]
             acked_unsettled = {ack.batch_id for ack in self._acks}
-            held = set(self._held)
+        held = self._book.excluded()
         busy = session.in_flight_ids()
         room = self._window - len(busy)
         if room <= 0:
@@ -346,33 +337,21 @@ class Uplink:
             props = publish_properties(batch_properties.user_properties(batch), batch_properties.CONTENT_TYPE)
             self._ensure_dictionary(session, (getattr(batch, "header", None) or {}).get("zstd_dict"))
         except ValueError as exc:
+            self._book.hold(batch.id, self.config.rejected_retry)
             with self._cond:
-                self._held[batch.id] = time.monotonic() + self.config.rejected_retry
                 self._last_error = f"batch {batch.id}: {exc}"
             log.error("uplink: cannot publish batch %d: %s", batch.id, exc)
             return True
-        with self._cond:
-            self._sending.add(batch.id)
+        if not self._book.begin_send(batch.id):
+            return True  # purged after pending() returned it
+        handed = False
         try:
             handed = session.publish_batch(batch.id, topic, payload, props)
         finally:
-            with self._cond:
-                self._sending.discard(batch.id)
-        if not handed:
-            return False
-        with self._cond:
-            self._counters["sent"] += 1
-            self._counters["bytes_sent"] += len(payload)
-            if batch.id in self._published_before:
-                self._counters["resent"] += 1
-            elif len(self._published_before) >= _MAX_TRACKED:
-                # Purged batches never get a PUBACK; forget them rather than grow forever.
-                self._published_before.clear()
-                self._sizes.clear()
-            self._published_before.add(batch.id)
-            self._sizes[batch.id] = len(payload)
-        self._in_flight_changed()
-        return True
+            self._book.end_send(batch.id, len(payload), handed)
+        if handed:
+            self._in_flight_changed()
+        return handed
 
     def _ensure_dictionary(self, session: Session, dictionary_id: str | None) -> None:
         """Publish the zstd dictionary a batch needs (retained) before the batch itself,

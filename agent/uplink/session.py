@@ -14,6 +14,7 @@ parked in ``_early`` and settled when the bookkeeping catches up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -50,8 +51,8 @@ class SessionHooks:
 
 
 class Session:
-    def __init__(self, endpoint: Endpoint, client_id: str, keepalive: int, status_topic: str,
-                 status_payload: Callable[[str], bytes], tls_context: ssl.SSLContext | None,
+    def __init__(self, endpoint: Endpoint, client_id: str, keepalive: int, connect_timeout: float,
+                 status_topic: str, status_payload: Callable[[str], bytes], tls_context: ssl.SSLContext | None,
                  max_in_flight: int, hooks: SessionHooks) -> None:
         self.endpoint = endpoint
         self.keepalive = keepalive
@@ -74,7 +75,7 @@ class Session:
         # One extra slot for the status message; paho must never hold data back on its own.
         client.max_inflight_messages_set(max_in_flight + 2)
         client.max_queued_messages_set(0)
-        client.connect_timeout = float(min(10, keepalive))
+        client.connect_timeout = connect_timeout
         client.enable_logger(logging.getLogger("agent.uplink.paho"))
         if tls_context is not None:
             client.tls_set_context(tls_context)
@@ -99,6 +100,14 @@ class Session:
         if rc != mqtt.MQTT_ERR_SUCCESS and not self.is_closed:
             self._close(f"connection lost ({mqtt.error_string(rc)})")
         return not self.is_closed
+
+    def abort(self, why: str) -> None:
+        """Give up on this connection (e.g. no CONNACK in time) and close its socket."""
+        self._close(why)
+        sock = self.client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def publish_status(self, state: str) -> int:
         return self.publish_control(self.status_topic, self._status_payload(state))
