@@ -35,6 +35,17 @@ def state_dir_of(config: AgentConfig) -> Path:
     return config.resolve(config.state.dir)
 
 
+def vehicle_identity(config: AgentConfig | None, pseudonymizer: Pseudonymizer | None) -> str:
+    """The id in topics and headers: a keyed pseudonym of the VIN when one is configured."""
+    if config is None:
+        return "bench"
+    if config.vehicle.vin:
+        if pseudonymizer is None:
+            pseudonymizer = Pseudonymizer.in_dir(ensure_state_dir(state_dir_of(config)))
+        return "v" + pseudonymizer.vehicle_pseudonym(config.vehicle.vin)[:32]
+    return config.vehicle.id
+
+
 def open_store(config: AgentConfig | None, path: Path | None = None) -> BatchStore:
     if config is None:
         if path is None:

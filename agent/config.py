@@ -7,6 +7,7 @@ Relative paths in the file are resolved against the file's own directory.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ class VehicleConfig:
     # identity data and is only ever sent as a keyed pseudonym.
     id: str = "demo-vehicle"
     model: str = ""
+    # The VIN, when known.  It never leaves the car: with a VIN set, topics and
+    # batch headers carry a keyed pseudonym of it (HMAC-SHA256, per-vehicle key
+    # in the state dir) instead of ``id``.
+    vin: str = ""
 
 
 @dataclass
@@ -104,7 +109,15 @@ _TYPED_SECTIONS = ("vehicle", "buses", "state", "batching", "buffer")
 _SECTIONS = (*_TYPED_SECTIONS, "collection", "uplink", "consent", "camera", "incidents")
 
 
+_VIN_RE = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
+
+
 def _validate(config: AgentConfig, doc: Located) -> None:
+    if _VIN_RE.match(config.vehicle.id.upper()) and any(c.isdigit() for c in config.vehicle.id):
+        raise doc.error(("vehicle", "id"), "looks like a VIN; the VIN must never leave the car: "
+                                           "put it in vehicle.vin (sent only as a keyed pseudonym)")
+    if config.vehicle.vin and not _VIN_RE.match(config.vehicle.vin.replace(" ", "").upper()):
+        raise doc.error(("vehicle", "vin"), "not a 17-character VIN")
     names: set[str] = set()
     for index, bus in enumerate(config.buses):
         if not bus.name or not bus.name.replace("_", "").replace("-", "").isalnum():

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.assemble import Consent, assemble, build_consent, collection_plan, open_store
+from agent.assemble import Consent, assemble, build_consent, collection_plan, open_store, vehicle_identity
 from agent.camera.config import camera_config
 from agent.cli.common import decoder_from_config
 from agent.config import AgentConfig, load_config
@@ -31,6 +31,7 @@ from agent.incident.config import incident_config
 from agent.model import ALL_CATEGORIES
 from agent.pipeline import BatchingOptions, Pipeline
 from agent.privacy.commands import consent_commands
+from agent.privacy.remote import handle_remote_command
 from agent.service.resources import read_resources
 from agent.service.sdnotify import Notifier, ProgressWatchdog
 from agent.service.statedir import prepare_state_dir
@@ -41,6 +42,8 @@ from agent.uplink.mqtt import Uplink
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 1.0
+# The retained status message is refreshed with the agent's counters this often.
+HEALTH_EVERY_S = 60.0
 
 
 class AgentRuntime:
@@ -60,15 +63,19 @@ class AgentRuntime:
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self._flush_requested = threading.Event()
+        self._next_health = time.monotonic() + HEALTH_EVERY_S
         self.reloads = {"ok": 0, "rejected": 0, "last_error": None}
         self.store_counters_at_stop: dict = {}
         self.store = open_store(self.config)
         self.consent: Consent = build_consent(self.config, grant_all=bench_grant_all, consent_file=consent_file,
                                               live=not bench_grant_all)
+        self.vehicle_id = vehicle_identity(self.config, self.consent.pseudonymizer)
         self.uplink: Uplink | None = None
         up = uplink_config(self.config)
+        self._remote_commands: queue.Queue[bytes] = queue.Queue(maxsize=64)
         if up is not None:
-            self.uplink = Uplink(up, self.store, self.config.vehicle.id)
+            self.uplink = Uplink(up, self.store, self.vehicle_id, on_command=self._queue_remote_command,
+                                 health=self.health, on_delivered=self._record_upload)
         self.pipeline, self.privacy = self._build_pipeline(self.config)
         self.sidecars = self._build_sidecars(self.config, self.pipeline)
         self.source = source or self._open_buses(self.config)
@@ -80,14 +87,14 @@ class AgentRuntime:
         plan = collection_plan(config)
         decoder = decoder_from_config(config, wanted=plan.wants)
         batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes)
-        assembly = assemble(decoder, plan, self.store, self.consent, config.vehicle.id, batching, uplink=self.uplink)
+        assembly = assemble(decoder, plan, self.store, self.consent, self.vehicle_id, batching, uplink=self.uplink)
         if self.uplink is not None:
             assembly.pipeline.batch_listeners.append(lambda _id, _batch: self.uplink.notify())
         return assembly.pipeline, assembly.privacy
 
     def _build_sidecars(self, config: AgentConfig, pipeline: Pipeline) -> Sidecars:
         notify = self.uplink.notify if self.uplink is not None else (lambda: None)
-        sidecars = Sidecars(pipeline, self.store, self.consent.policy, config.vehicle.id, notify)
+        sidecars = Sidecars(pipeline, self.store, self.consent.policy, self.vehicle_id, notify)
         if config.incidents:
             sidecars.attach_incidents(incident_config(config), self.state_dir)
         if config.camera and camera_config(config).enabled:
@@ -173,7 +180,37 @@ class AgentRuntime:
         finally:
             self._shutdown()
 
+    def _record_upload(self, batch: Any, broker: str) -> None:
+        """Uplink thread, on PUBACK: the owner's ledger of what left the car (no values, only facts)."""
+        ledger = self.consent.ledger
+        if ledger is None:
+            return
+        header = batch.header
+        level = self.consent.policy.level("location") if "location" in batch.categories else None
+        ledger.record_upload(batch.id, bytes(batch.payload), batch.categories, int(header.get("samples", 0)),
+                             (header.get("t_min"), header.get("t_max")), level, broker,
+                             int(header.get("consent_version", 0)), stream=batch.stream,
+                             bench=bool(header.get("bench", False)))
+
+    def _queue_remote_command(self, payload: bytes) -> None:
+        """MQTT network thread: hand the command to the pipeline thread (a full queue drops it)."""
+        try:
+            self._remote_commands.put_nowait(payload)
+        except queue.Full:
+            log.warning("remote command dropped: too many pending")
+
+    def _remote_consent(self) -> None:
+        # The network can only narrow consent: grants are refused, logged and written to the ledger.
+        while True:
+            try:
+                payload = self._remote_commands.get_nowait()
+            except queue.Empty:
+                return
+            accepted, reason = handle_remote_command(payload, self.consent.policy, self.consent.ledger)
+            log.info("remote consent command %s: %s", "accepted" if accepted else "refused", reason)
+
     def _housekeeping(self) -> None:
+        self._remote_consent()
         if self._flush_requested.is_set():
             self.pipeline.flush()
             self.sidecars.flush()
@@ -186,6 +223,10 @@ class AgentRuntime:
         self.consent.policy.tick()
         self.sidecars.poll(time.time())
         self.watchdog.progress()
+        now = time.monotonic()
+        if self.uplink is not None and now >= self._next_health:
+            self._next_health = now + HEALTH_EVERY_S
+            self.uplink.publish_health()
 
     def _reload(self) -> None:
         """Re-read config and rules; an invalid new config is rejected and the old one kept.
@@ -234,7 +275,7 @@ class AgentRuntime:
         resources = read_resources()
         policy = self.consent.policy
         return {
-            "vehicle": self.config.vehicle.id,
+            "vehicle": self.vehicle_id,
             "uptime_s": round(time.time() - self.started_at, 1),
             "resources": resources.as_dict(),
             "pipeline": self.pipeline.snapshot(),
@@ -251,6 +292,21 @@ class AgentRuntime:
         return {"pipeline": self.pipeline.snapshot(), "buffer": self.store_counters_at_stop,
                 "uplink": self.uplink.state() if self.uplink is not None else None,
                 "sidecars": self.sidecars.counters.as_dict(), "dropped_at_bus": dict(self.source.dropped)}
+
+    def health(self) -> dict:
+        """The agent's own health for the status topic: counters only, nothing personal."""
+        snap = self.pipeline.snapshot()
+        decode = snap["decode"]
+        return {
+            "uptime_s": round(time.time() - self.started_at),
+            "frames": snap["frames_in"],
+            "decoded": sum(c["decoded"] for c in decode.values()),
+            "rejected": sum(c["frames"] - c["decoded"] - c["filtered"] for c in decode.values()),
+            "dropped_at_bus": sum(self.source.dropped.values()),
+            "batches_written": snap["batches_written"],
+            "backlog_batches": sum(item.get("batches", 0) for item in self.store.backlog()),
+            "rss_mb": round(read_resources().rss_bytes / 1e6, 1),
+        }
 
     def status_line(self) -> str:
         snap = self.pipeline.snapshot()

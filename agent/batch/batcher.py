@@ -224,9 +224,12 @@ class Batcher:
             data.offsets = [s.offset for s in specs]
         return data
 
-    def _emit(self, stream: str, priority: int, categories: list[str], tables: list[TableData]) -> None:
+    def _emit(self, stream: str, priority: int, categories: list[str], tables: list[TableData],
+              seq: int | None = None) -> None:
+        # A split batch keeps its number for the first half, so the receiver sees no gap.
+        seq = self.seq_source() if seq is None else seq
         header = {
-            "vehicle_id": self.vehicle_id, "boot_id": self.boot_id, "seq": self.seq_source(), "stream": stream,
+            "vehicle_id": self.vehicle_id, "boot_id": self.boot_id, "seq": seq, "stream": stream,
             "priority": priority, "categories": categories or [UNCLASSIFIED], "consent_version": self.consent_version,
             "bench": self.bench, "created": self.created_clock(),
         }
@@ -234,7 +237,7 @@ class Batcher:
         if len(encoded.payload) > self.max_bytes and sum(len(t.rows) for t in tables) > 1:
             self.stats.splits += 1
             first, second = _halves(tables)
-            self._emit(stream, priority, categories, first)
+            self._emit(stream, priority, categories, first, seq)
             self._emit(stream, priority, categories, second)
             return
         per_sample = len(encoded.payload) / max(1, encoded.samples)

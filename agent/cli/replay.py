@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.assemble import assemble, build_consent, collection_plan, open_store
+from agent.assemble import assemble, build_consent, collection_plan, open_store, vehicle_identity
 from agent.cli.common import add_dbc_arguments, decoder_from_args, decoder_from_config, log_source_from_args
 from agent.config import load_config
 from agent.pipeline import BatchingOptions
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         batching.max_age_s = args.batch_age
     consent = build_consent(config, grant_all=args.grant_all, consent_file=args.consent)
     store = open_store(config, Path(args.buffer))
-    vehicle_id = config.vehicle.id if config else "bench"
+    vehicle_id = vehicle_identity(config, consent.pseudonymizer)
     assembly = assemble(decoder, plan, store, consent, vehicle_id, batching)
     pipeline = assembly.pipeline
     source = log_source_from_args(args, config)

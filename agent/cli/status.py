@@ -27,7 +27,8 @@ def call_agent(args: argparse.Namespace, command: str) -> object:
 
 def _human(status: dict) -> str:
     lines = [f"vehicle {status['vehicle']}, up {status['uptime_s']} s, "
-             f"RSS {status['resources'].get('rss_mb', '?')} MB, CPU {status['resources'].get('cpu_seconds', '?')} s"]
+             f"RSS {status['resources'].get('rss_bytes', 0) / 1e6:.1f} MB, "
+             f"CPU {status['resources'].get('cpu_seconds', '?')} s"]
     pipeline = status["pipeline"]
     lines.append(f"frames in {pipeline['frames_in']}, batches written {pipeline['batches_written']}, "
                  f"samples {pipeline['samples_written']}")

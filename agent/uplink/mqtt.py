@@ -37,7 +37,7 @@ from agent.uplink.config import UplinkConfig
 from agent.uplink.endpoint import Endpoint, EndpointRefused, PinMismatch, build_tls_context, check_endpoint
 from agent.uplink.pacing import Backoff, ByteRateLimiter
 from agent.uplink.session import Ack, Session, SessionHooks, publish_properties, status_json
-from agent.uplink.topics import data_topic, dictionary_topic, status_topic
+from agent.uplink.topics import commands_topic, data_topic, dictionary_topic, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,13 @@ class Uplink:
     def __init__(self, config: UplinkConfig, store: BatchSource, vehicle_id: str,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  environ: Mapping[str, str] | None = None,
-                 on_in_flight_change: Callable[[frozenset[int]], None] | None = None) -> None:
+                 on_in_flight_change: Callable[[frozenset[int]], None] | None = None,
+                 on_command: Callable[[bytes], None] | None = None,
+                 health: Callable[[], dict] | None = None,
+                 on_delivered: Callable[[Any, str], None] | None = None) -> None:
+        """``on_command`` gets payloads of the commands topic (network thread: queue them);
+        ``health`` supplies the counters published with the retained status message;
+        ``on_delivered(stored_batch, broker)`` runs on PUBACK, before the batch is deleted."""
         self.config = config
         self.store = store
         self.vehicle_id = vehicle_id
@@ -73,6 +79,9 @@ class Uplink:
         self._clock = clock
         self._environ = os.environ if environ is None else environ
         self._on_in_flight_change = on_in_flight_change
+        self._on_command = on_command
+        self._health = health
+        self._on_delivered = on_delivered
         self._backoff = Backoff(config.backoff_min, config.backoff_max, rng or random.Random())
         self._limiter = ByteRateLimiter(config.byte_rate_limit)
         self._status_topic = status_topic(config.topic_prefix, vehicle_id)
@@ -122,6 +131,14 @@ class Uplink:
         self._threads = []
         if self._status != "refused":
             self._status = "stopped"
+
+    def publish_health(self) -> bool:
+        """Re-publish the retained status with fresh counters (called periodically by the agent)."""
+        session = self._session
+        if session is None or not session.is_connected or session.is_closed:
+            return False
+        session.publish_status("online")
+        return True
 
     def notify(self) -> None:
         """A new batch is in the store (cheap; call it from the batcher)."""
@@ -202,9 +219,11 @@ class Uplink:
     def _new_session(self, endpoint: Endpoint, tls_context: Any) -> Session:
         hooks = SessionHooks(connected=self._on_connected, refused=self._on_refused_by_broker,
                              disconnected=self._on_disconnected, acked=self._on_acked)
-        payload = status_json(self.vehicle_id, self.client_id, self.config.region, self._clock)
+        payload = status_json(self.vehicle_id, self.client_id, self.config.region, self._clock, self._health)
+        commands = commands_topic(self.config.topic_prefix, self.vehicle_id) if self._on_command else None
         return Session(endpoint, self.client_id, self.config.keepalive, self.config.connect_timeout,
-                       self._status_topic, payload, tls_context, self.config.in_flight, hooks)
+                       self._status_topic, payload, tls_context, self.config.in_flight, hooks,
+                       command_topic=commands, on_command=self._on_command)
 
     def _say_goodbye(self, session: Session) -> None:
         """A clean stop sends no last will, so publish "offline" ourselves, then disconnect."""
@@ -300,6 +319,8 @@ class Uplink:
             if self._book.take_forgotten(ack.batch_id):
                 log.info("uplink: PUBACK for purged batch %d ignored", ack.batch_id)
             elif ack.reason_code < 0x80:
+                if self._on_delivered is not None:
+                    self._report_delivery(ack.batch_id)
                 self.store.mark_delivered(ack.batch_id)
                 self._book.delivered(ack.batch_id, self._clock())
             else:
@@ -309,6 +330,17 @@ class Uplink:
                 with self._cond:
                     self._last_error = f"broker rejected batch {ack.batch_id}: {ack.reason}"
             self._in_flight_changed()
+
+    def _report_delivery(self, batch_id: int) -> None:
+        """Tell the agent what left the car (the owner's ledger), before the batch is deleted."""
+        try:
+            batch = self.store.get(batch_id)
+            if batch is not None:
+                endpoint = self._endpoint
+                broker = f"{endpoint.host}:{endpoint.port}" if endpoint else self.config.broker.host
+                self._on_delivered(batch, broker)
+        except Exception:  # the ledger must not stop delivery bookkeeping; it logs its own problems
+            log.exception("uplink: delivery report for batch %d failed", batch_id)
 
     def _fill_window(self) -> None:
         session = self._session

@@ -53,7 +53,8 @@ class SessionHooks:
 class Session:
     def __init__(self, endpoint: Endpoint, client_id: str, keepalive: int, connect_timeout: float,
                  status_topic: str, status_payload: Callable[[str], bytes], tls_context: ssl.SSLContext | None,
-                 max_in_flight: int, hooks: SessionHooks) -> None:
+                 max_in_flight: int, hooks: SessionHooks, command_topic: str | None = None,
+                 on_command: Callable[[bytes], None] | None = None) -> None:
         self.endpoint = endpoint
         self.keepalive = keepalive
         self.status_topic = status_topic
@@ -84,6 +85,10 @@ class Session:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_log = self._on_log
+        self.command_topic = command_topic
+        self._on_command = on_command
+        if on_command is not None:
+            client.on_message = self._on_message
         self.client = client
 
     # -- I/O thread -------------------------------------------------------
@@ -137,6 +142,8 @@ class Session:
         self.is_connected = True
         self.was_connected = True
         self.publish_status("online")
+        if self._on_command is not None and self.command_topic:
+            client.subscribe(self.command_topic, qos=1)
         self._hooks.connected(self, receive_maximum)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
@@ -159,6 +166,11 @@ class Session:
             # handshake is done, so a refusal shows up here, as an alert on the first read.
             reason = self._refusal or self._socket_error or why
             self._hooks.refused(self, f"connection to {self.endpoint} closed before CONNACK: {reason}")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Network thread: hand the bytes over, never act here (the handler queues them).
+        if self._on_command is not None and message.topic == self.command_topic:
+            self._on_command(bytes(message.payload))
 
     def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
         if level == mqtt.MQTT_LOG_ERR:
@@ -199,10 +211,18 @@ class Session:
             return set(self._by_mid.values())
 
 
-def status_json(vehicle_id: str, client_id: str, region: str, clock: Callable[[], float]) -> Callable[[str], bytes]:
+def status_json(vehicle_id: str, client_id: str, region: str, clock: Callable[[], float],
+                health: Callable[[], dict] | None = None) -> Callable[[str], bytes]:
+    """The retained status message; ``health`` adds the agent's own counters (no personal data)."""
+
     def payload(state: str) -> bytes:
         body = {"schema": "vehicle-status/1", "state": state, "vehicle_id": vehicle_id, "client_id": client_id,
                 "region": region, "time": round(clock(), 3)}
+        if health is not None and state == "online":
+            try:
+                body["health"] = health()
+            except Exception as exc:  # a status report must never take the uplink down
+                body["health"] = {"error": type(exc).__name__}
         return json.dumps(body, sort_keys=True).encode()
 
     return payload

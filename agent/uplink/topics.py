@@ -3,6 +3,7 @@
     {prefix}/{vehicle_id}/v1/data/{stream}    batches, QoS 1, not retained
     {prefix}/{vehicle_id}/v1/status           retained JSON: birth "online", last will "offline"
     {prefix}/{vehicle_id}/v1/dictionary/{hex} retained zstd dictionary whose SHA-256 is {hex}
+    {prefix}/{vehicle_id}/v1/commands         cloud -> vehicle: consent may only be narrowed here
 
 ``v1`` is the topic-scheme version: a receiver can subscribe to exactly the
 versions it understands.  Vehicle ids and stream names are single topic levels,
@@ -18,6 +19,7 @@ SCHEME_VERSION = "v1"
 DATA = "data"
 STATUS = "status"
 DICTIONARY = "dictionary"
+COMMANDS = "commands"
 _LEVEL = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _GROUP = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -34,6 +36,10 @@ def data_topic(prefix: str, vehicle_id: str, stream: str) -> str:
 
 def status_topic(prefix: str, vehicle_id: str) -> str:
     return f"{prefix}/{check_level(vehicle_id, 'vehicle id')}/{SCHEME_VERSION}/{STATUS}"
+
+
+def commands_topic(prefix: str, vehicle_id: str) -> str:
+    return f"{prefix}/{check_level(vehicle_id, 'vehicle id')}/{SCHEME_VERSION}/{COMMANDS}"
 
 
 def dictionary_topic(prefix: str, vehicle_id: str, dictionary_id: str) -> str:
