@@ -330,15 +330,6 @@ def test_section_errors(yaml_text, message):
     assert message in str(info.value)
 
 
-def test_example_config_parses(repo_root):
-    from agent.yamlsrc import load_file
-
-    plan = parse_collection(load_file(repo_root / "config" / "collection.example.yaml"))
-    assert [c.name for c in plan.campaigns] == ["basic", "hard_brake"]
-    assert plan.default_stream is None
-    assert plan.campaigns[1].trigger is not None and plan.campaigns[1].trigger.pre_s == 5.0
-
-
 # -- a real log ---------------------------------------------------------------------------
 
 
