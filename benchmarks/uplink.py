@@ -36,8 +36,8 @@ from agent.batch.format import decode_envelope  # noqa: E402
 from agent.buffer import BatchStore  # noqa: E402
 from agent.uplink import Uplink  # noqa: E402
 from agent.uplink.config import AllowedBroker, BrokerAddress, UplinkConfig  # noqa: E402
+from simulator.broker import LocalBroker as MosquittoBroker  # noqa: E402
 from simulator.receiver.report import percentile  # noqa: E402
-from tests.broker import MosquittoBroker  # noqa: E402
 from tests.helpers.real_logs import REAL_LOGS, decoded_frames, rows_of  # noqa: E402
 
 VEHICLE = "bench-vehicle"

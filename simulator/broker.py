@@ -119,7 +119,18 @@ class LocalBroker:
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
 
+    def kill(self) -> None:
+        """Crash: SIGKILL, no persistence written, sockets reset by the kernel."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.kill()
+        process.wait(timeout=10)
+        if process.stderr:
+            process.stderr.close()
+
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM: mosquitto writes its persistence file first)."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
@@ -131,6 +142,8 @@ class LocalBroker:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout)
+        if process.stderr:
+            process.stderr.close()
 
     def __enter__(self) -> LocalBroker:
         return self.start()

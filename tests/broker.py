@@ -11,16 +11,8 @@ A missing Mosquitto is a test *failure*, not a skip: CI installs it.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
-import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,28 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from simulator.broker import BrokerError, LocalBroker
+
 # The TLS fixture encrypts the vehicle's client key, so tests can check that the
 # password is taken from the environment and never logged.
 TEST_CLIENT_KEY_PASSWORD = b"correct horse battery staple"
-
-MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-
-
-def find_mosquitto() -> str:
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    for candidate in MOSQUITTO_CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    pytest.fail("mosquitto not found (install the Debian package 'mosquitto'; .ci/run does)", pytrace=False)
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 @dataclass(frozen=True)
 class Identity:
@@ -159,118 +134,23 @@ def make_pki(directory: Path, client_key_password: bytes | None = None) -> TestP
     )
 
 
-class MosquittoBroker:
-    """One Mosquitto process; ``stop()``/``start()`` keep the port and the persistence file."""
+class MosquittoBroker(LocalBroker):
+    """The demo's local broker, with the test PKI for mutual TLS when given."""
 
     def __init__(self, directory: Path, port: int | None = None, tls: TestPki | None = None,
                  extra_config: str = "") -> None:
-        self.executable = find_mosquitto()
-        self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.host = "127.0.0.1"
-        self.port = port or free_loopback_port()
         self.tls = tls
-        self.log_path = directory / "mosquitto.log"
-        self.config_path = directory / "mosquitto.conf"
-        self.config_path.write_text(self._config_text(extra_config))
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def _config_text(self, extra: str) -> str:
-        lines = [
-            # Stay as the current user (as root, mosquitto would switch to user "mosquitto",
-            # who cannot read the test's private temporary directory).
-            f"user {pwd.getpwuid(os.getuid()).pw_name}",
-            "per_listener_settings false",
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
-            "persistence true",
-            f"persistence_location {self.directory}/",
-            "persistence_file mosquitto.db",
-            # Outage tests queue whole backlogs for offline persistent subscribers.
-            "max_queued_messages 100000",
-            "max_queued_bytes 0",
-            "max_inflight_messages 0",
-            f"log_dest file {self.log_path}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "connection_messages true",
+        tls_lines = [] if tls is None else [
+            f"cafile {tls.ca}",
+            f"certfile {tls.server.cert}",
+            f"keyfile {tls.server.key}",
+            "require_certificate true",
+            "use_identity_as_username true",
         ]
-        if self.tls:
-            lines += [
-                f"cafile {self.tls.ca}",
-                f"certfile {self.tls.server.cert}",
-                f"keyfile {self.tls.server.key}",
-                "require_certificate true",
-                "use_identity_as_username true",
-            ]
-        return "\n".join(lines) + "\n" + extra + "\n"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no broker log)"
-
-    def start(self, timeout: float = 10.0) -> None:
-        if self.running:
-            return
-        self._process = subprocess.Popen([self.executable, "-c", str(self.config_path)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self._process.returncode}: {stderr.strip()}\n"
-                                   f"{self.log_tail()}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not accept connections on {self.host}:{self.port} "
-                           f"within {timeout} s\n{self.log_tail()}")
-
-    @property
-    def pid(self) -> int:
-        if self._process is None:
-            raise RuntimeError("mosquitto is not running")
-        return self._process.pid
-
-    def pause(self) -> None:
-        """SIGSTOP: the broker keeps its sockets but answers nothing (PUBACKs stop coming)."""
-        os.kill(self.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.pid, signal.SIGCONT)
-
-    def kill(self) -> None:
-        """Crash: SIGKILL, no persistence written, sockets reset by the kernel."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.kill()
-        process.wait(timeout=10)
-        if process.stderr:
-            process.stderr.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop gracefully (SIGTERM: mosquitto writes its persistence file first)."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=timeout)
-        if process.stderr:
-            process.stderr.close()
+            super().__init__(directory, port, tls_lines, extra_config)
+        except BrokerError as exc:
+            pytest.fail(f"{exc} (.ci/run installs it)", pytrace=False)
 
 
 @pytest.fixture
