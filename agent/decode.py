@@ -121,7 +121,8 @@ class Decoder:
                     by_pgn.setdefault(pgn_from_frame_id(message.frame_id), route)
         self._exact[bus] = exact
         self._by_pgn[bus] = by_pgn
-        self.counters[bus] = BusCounters()
+        # setdefault: counters carried over from a previous decoder (reload) keep counting.
+        self.counters.setdefault(bus, BusCounters())
 
     def routes(self, bus: str) -> dict[int, _Route | None]:
         if bus not in self._exact:

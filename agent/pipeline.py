@@ -40,13 +40,17 @@ class BatchingOptions:
     bench: bool = False
 
 
+# A frame whose timestamp is this much ahead of its bus's newest one is a clock step (RTC set by GNSS,
+# logger clock jump); a step back counts from the collection plan's clock_reset_s.
+CLOCK_JUMP_AHEAD_S = 60.0
+
+
 @dataclass
 class PipelineCounters:
     frames_in: int = 0
     batches_written: int = 0
     samples_written: int = 0
     bytes_written: int = 0
-    store_errors: int = 0
 
 
 class Pipeline:
@@ -67,6 +71,10 @@ class Pipeline:
         self.store = store
         self.boot_id = boot_id or current_boot_id()
         self.counters = PipelineCounters()
+        # Per bus: newest timestamp seen, and clock steps (forward > CLOCK_JUMP_AHEAD_S, back > clock_reset_s).
+        self._newest: dict[str, float] = {}
+        self.clock_jumps: dict[str, int] = {}
+        self._jump_back_s = plan.clock_reset_s
         self.raw_listeners: list[RawListener] = []
         self.frame_listeners: list[FrameListener] = []
         self.batch_listeners: list[Callable[[int, EncodedBatch], None]] = []
@@ -90,6 +98,15 @@ class Pipeline:
     # -- hot path ------------------------------------------------------------------
     def feed(self, bus: str, msg: can.Message) -> None:
         self.counters.frames_in += 1
+        timestamp = msg.timestamp
+        newest = self._newest.get(bus)
+        if newest is None or timestamp > newest:
+            if newest is not None and timestamp - newest > CLOCK_JUMP_AHEAD_S:
+                self.clock_jumps[bus] = self.clock_jumps.get(bus, 0) + 1
+            self._newest[bus] = timestamp
+        elif newest - timestamp > self._jump_back_s:
+            self.clock_jumps[bus] = self.clock_jumps.get(bus, 0) + 1
+            self._newest[bus] = timestamp
         for listener in self.raw_listeners:
             listener(bus, msg)
         frame = self.decoder.decode(msg, bus)
@@ -127,4 +144,8 @@ class Pipeline:
             "batches_written": self.counters.batches_written,
             "samples_written": self.counters.samples_written,
             "bytes_written": self.counters.bytes_written,
+            # Batches the store refused (full disk ...): retried on the next tick; dropped past the retry bound.
+            "store_errors": self.batcher.stats.sink_errors,
+            "batches_dropped": self.batcher.stats.dropped_batches,
+            "clock_jumps": dict(sorted(self.clock_jumps.items())),
         }

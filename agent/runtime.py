@@ -25,8 +25,10 @@ from typing import Any
 from agent.assemble import Consent, assemble, build_consent, collection_plan, open_store, vehicle_identity
 from agent.camera.config import camera_config
 from agent.cli.common import decoder_from_config
+from agent.collect import CollectionPlan, SignalIndex
 from agent.config import AgentConfig, load_config
 from agent.control import CommandRegistry, ControlServer, control_socket_path
+from agent.decode import Decoder
 from agent.incident.config import incident_config
 from agent.model import ALL_CATEGORIES
 from agent.pipeline import BatchingOptions, Pipeline
@@ -42,6 +44,25 @@ from agent.uplink.mqtt import Uplink
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 1.0
+
+
+def decoder_for(config: AgentConfig, plan: CollectionPlan) -> Decoder:
+    """The live pipeline's decoder: the signals the collection plan reads and, with incidents configured,
+    the signals their triggers read and every signal of their categories (a snapshot keeps those whether
+    or not a campaign collects them; filtered out, a trigger would silently never fire)."""
+    if not config.incidents:
+        return decoder_from_config(config, wanted=plan.wants)
+    incidents = incident_config(config)
+    categories = frozenset(incidents.categories)
+    trigger_keys: set[str] = set()
+    decoder = decoder_from_config(
+        config, wanted=lambda spec: plan.wants(spec) or spec.category in categories or spec.key in trigger_keys)
+    # The filter is first consulted on a bus's first frame, so the trigger signals can be filled in now.
+    index = SignalIndex(decoder.specs)
+    for item in incidents.triggers:
+        sources = item.trigger.compile(index).sources
+        trigger_keys.update(spec.key for specs in sources.values() for spec in specs)
+    return decoder
 # The retained status message is refreshed with the agent's counters this often.
 HEALTH_EVERY_S = 60.0
 
@@ -64,6 +85,8 @@ class AgentRuntime:
         self._reload_requested = threading.Event()
         self._flush_requested = threading.Event()
         self._next_health = time.monotonic() + HEALTH_EVERY_S
+        self._rate_mark: tuple[float, dict[str, int]] = (time.monotonic(), {})
+        self.bus_rates: dict[str, float] = {}
         self.reloads = {"ok": 0, "rejected": 0, "last_error": None}
         self.store_counters_at_stop: dict = {}
         self.store = open_store(self.config)
@@ -85,7 +108,7 @@ class AgentRuntime:
     # -- building ------------------------------------------------------------------
     def _build_pipeline(self, config: AgentConfig) -> tuple[Pipeline, Any]:
         plan = collection_plan(config)
-        decoder = decoder_from_config(config, wanted=plan.wants)
+        decoder = decoder_for(config, plan)
         batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes)
         assembly = assemble(decoder, plan, self.store, self.consent, self.vehicle_id, batching, uplink=self.uplink)
         if self.uplink is not None:
@@ -209,7 +232,19 @@ class AgentRuntime:
             accepted, reason = handle_remote_command(payload, self.consent.policy, self.consent.ledger)
             log.info("remote consent command %s: %s", "accepted" if accepted else "refused", reason)
 
+    def _measure_rates(self) -> None:
+        """Frames per second per bus over the last housekeeping interval."""
+        now = time.monotonic()
+        elapsed = now - self._rate_mark[0]
+        if elapsed <= 0:
+            return
+        current = {bus: c.frames for bus, c in self.pipeline.decoder.counters.items()}
+        previous = self._rate_mark[1]
+        self.bus_rates = {bus: round((n - previous.get(bus, 0)) / elapsed, 1) for bus, n in current.items()}
+        self._rate_mark = (now, current)
+
     def _housekeeping(self) -> None:
+        self._measure_rates()
         self._remote_consent()
         if self._flush_requested.is_set():
             self.pipeline.flush()
@@ -247,6 +282,10 @@ class AgentRuntime:
         self.pipeline.flush()
         self.sidecars.flush()
         self.sidecars.close()
+        # Counters are the agent's, not the pipeline's: they go on across a reload.
+        pipeline.counters = self.pipeline.counters
+        pipeline.decoder.counters = self.pipeline.decoder.counters
+        pipeline.decoder.message_counts = self.pipeline.decoder.message_counts
         self.config, self.pipeline, self.privacy = config, pipeline, privacy
         self.sidecars = self._build_sidecars(config, pipeline)
         self.reloads["ok"] += 1
@@ -280,6 +319,7 @@ class AgentRuntime:
             "resources": resources.as_dict(),
             "pipeline": self.pipeline.snapshot(),
             "dropped_at_bus": dict(self.source.dropped),
+            "frames_per_s": dict(self.bus_rates),
             "buffer": {"counters": self.store.counters(), "backlog": self.store.backlog()},
             "uplink": self.uplink.state() if self.uplink is not None else {"state": "not configured"},
             "consent": {"version": policy.version,

@@ -19,6 +19,7 @@ from typing import Any
 from agent.buffer.store import BatchStore
 from agent.camera.config import CameraConfig
 from agent.camera.rules import camera_decision
+from agent.camera.socket_in import CameraSocketServer
 from agent.camera.spool import SpoolWatcher
 from agent.camera.upload import camera_batch
 from agent.incident.config import IncidentConfig
@@ -55,6 +56,7 @@ class Sidecars:
     incidents: IncidentStore | None = None
     recorder: IncidentRecorder | None = None
     camera: SpoolWatcher | None = None
+    camera_socket: CameraSocketServer | None = None
     counters: SidecarCounters = field(default_factory=SidecarCounters)
     _events: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1024))
 
@@ -66,11 +68,15 @@ class Sidecars:
         self.pipeline.frame_listeners.append(self.recorder.on_frame)
 
     def attach_camera(self, config: CameraConfig, state_dir: Path) -> None:
-        spool, quarantine, _socket = config.paths(state_dir)
+        spool, quarantine, socket_path = config.paths(state_dir)
         for folder in (spool, quarantine):
             folder.mkdir(parents=True, exist_ok=True)
         self.camera = SpoolWatcher(spool, quarantine, self._enqueue_event, poll_interval=config.poll_interval_s)
         self.camera.start()
+        if socket_path is not None:
+            socket_path.parent.mkdir(parents=True, exist_ok=True)
+            self.camera_socket = CameraSocketServer(socket_path, self._enqueue_event, quarantine_dir=quarantine)
+            self.camera_socket.start()
 
     # -- other threads -------------------------------------------------------------
     def _enqueue_event(self, event: Any) -> None:
@@ -129,3 +135,5 @@ class Sidecars:
     def close(self) -> None:
         if self.camera is not None:
             self.camera.stop()
+        if self.camera_socket is not None:
+            self.camera_socket.stop()

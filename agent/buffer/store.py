@@ -298,16 +298,18 @@ class BatchStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT; on any error ROLLBACK and re-read the byte total
-        (the in-memory total was adjusted as rows were deleted)."""
+        """BEGIN IMMEDIATE ... COMMIT; on any error (COMMIT's included) ROLLBACK and re-read the
+        byte total (the in-memory total was adjusted as rows were added or deleted)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            # Inside the try: COMMIT itself fails on a full disk ("database or disk is full").
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite may already have rolled back on its own
+                self._db.execute("ROLLBACK")
             self._bytes = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM batches").fetchone()[0]
             raise
-        self._db.execute("COMMIT")
 
     def _count(self, name: str, amount: int = 1) -> None:
         self._db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (amount, name))

@@ -34,7 +34,9 @@ def _human(status: dict) -> str:
                  f"samples {pipeline['samples_written']}")
     for bus, counts in pipeline["decode"].items():
         dropped = status.get("dropped_at_bus", {}).get(bus, 0)
-        lines.append(f"  bus {bus}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f", dropped {dropped}")
+        rate = status.get("frames_per_s", {}).get(bus, 0.0)
+        lines.append(f"  bus {bus}: {rate} frames/s; " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                     + f", dropped {dropped}")
     for item in status["buffer"]["backlog"]:
         lines.append("  backlog " + ", ".join(f"{k} {v}" for k, v in item.items()))
     lines.append("  buffer: " + ", ".join(f"{k} {v}" for k, v in status["buffer"]["counters"].items()))
