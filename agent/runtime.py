@@ -44,6 +44,8 @@ from agent.uplink.mqtt import Uplink
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 1.0
+# The retained status message is refreshed with the agent's counters this often.
+HEALTH_EVERY_S = 60.0
 
 
 def decoder_for(config: AgentConfig, plan: CollectionPlan) -> Decoder:
@@ -63,8 +65,6 @@ def decoder_for(config: AgentConfig, plan: CollectionPlan) -> Decoder:
         sources = item.trigger.compile(index).sources
         trigger_keys.update(spec.key for specs in sources.values() for spec in specs)
     return decoder
-# The retained status message is refreshed with the agent's counters this often.
-HEALTH_EVERY_S = 60.0
 
 
 class AgentRuntime:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,12 @@ from agent.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
+# What is kept in memory for a retry while the disk is full (a snapshot holds up to pre_s + post_s of frames).
+MAX_UNSAVED_SNAPSHOTS = 4
+MAX_UNSTORED_BATCHES = 64
+# Between retries of what failed (a snapshot costs a second of CPU to write out again).
+RETRY_INTERVAL_S = 5.0
+
 
 @dataclass
 class SidecarCounters:
@@ -39,6 +47,10 @@ class SidecarCounters:
     camera_uploaded: int = 0
     camera_kept_in_car: int = 0
     camera_dropped_queue_full: int = 0
+    # A full disk (or a failing store): the snapshot or batch is kept in memory and retried every poll.
+    snapshot_errors: int = 0
+    store_errors: int = 0
+    dropped_unstored: int = 0  # given up past the retry bounds (MAX_UNSAVED_SNAPSHOTS, MAX_UNSTORED_BATCHES)
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -59,6 +71,9 @@ class Sidecars:
     camera_socket: CameraSocketServer | None = None
     counters: SidecarCounters = field(default_factory=SidecarCounters)
     _events: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1024))
+    _unsaved: deque = field(default_factory=deque)  # snapshots not yet on disk
+    _unstored: deque = field(default_factory=deque)  # batches not yet in the store
+    _retry_at: float = 0.0
 
     # -- set-up ------------------------------------------------------------------
     def attach_incidents(self, config: IncidentConfig, state_dir: Path) -> None:
@@ -92,19 +107,55 @@ class Sidecars:
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         assert self.incidents is not None
-        info = self.incidents.save(snapshot)
+        try:
+            info = self.incidents.save(snapshot)
+        except OSError as exc:  # disk full: keep it and try again on the next poll
+            self.counters.snapshot_errors += 1
+            log.warning("incident snapshot %s not saved, will retry: %s", snapshot.id, exc)
+            if len(self._unsaved) >= MAX_UNSAVED_SNAPSHOTS:
+                self._unsaved.popleft()
+                self.counters.dropped_unstored += 1
+            self._unsaved.append(snapshot)
+            return
         self.counters.snapshots += 1
         stored = self.incidents.load(info.id)
         batches = snapshot_batches(stored, self.policy, self.vehicle_id, self.pipeline.boot_id, self._seq)
         for batch in batches:
-            self.store.add(batch)
+            self._add(batch)
         self.counters.snapshot_batches += len(batches)
         if batches:
             self.notify()
         log.info("incident snapshot %s saved (%d upload batches)", info.id, len(batches))
 
+    def _add(self, batch: Any) -> None:
+        """Commit a batch, or keep it for a retry when the store cannot take it (full disk)."""
+        if self._unstored or not self._stored(batch):  # behind others waiting: keep the order
+            if len(self._unstored) >= MAX_UNSTORED_BATCHES:
+                self._unstored.popleft()
+                self.counters.dropped_unstored += 1
+            self._unstored.append(batch)
+
+    def _stored(self, batch: Any) -> bool:
+        try:
+            self.store.add(batch)
+            return True
+        except (OSError, sqlite3.Error) as exc:
+            self.counters.store_errors += 1
+            log.warning("%s batch %s not stored, will retry: %s", batch.header["stream"], batch.header["seq"], exc)
+            return False
+
+    def _retry(self, now: float) -> None:
+        if now < self._retry_at or not (self._unsaved or self._unstored):
+            return
+        for _ in range(len(self._unsaved)):
+            self._on_snapshot(self._unsaved.popleft())
+        while self._unstored and self._stored(self._unstored[0]):
+            self._unstored.popleft()
+        self._retry_at = now + RETRY_INTERVAL_S if self._unsaved or self._unstored else 0.0
+
     def poll(self, now: float) -> None:
         """Drain camera events and close incident windows that are due (call about once a second)."""
+        self._retry(now)
         outgoing = []
         while True:
             try:
@@ -122,7 +173,7 @@ class Sidecars:
         if outgoing:
             batch = camera_batch(outgoing, self.vehicle_id, self.pipeline.boot_id, self._seq(),
                                  self.policy.version, bench=self.policy.bench)
-            self.store.add(batch)
+            self._add(batch)
             self.counters.camera_uploaded += len(outgoing)
             self.notify()
         if self.recorder is not None:

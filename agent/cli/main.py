@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from agent.cli.framework import build_parser, run_cli
+from agent.cli import framework
 
 SUBCOMMANDS = tuple(f"agent.cli.{name}" for name in (
     "decode", "stats", "catalog", "record", "replay", "inspect", "buffer",            # engineers
@@ -13,8 +13,12 @@ SUBCOMMANDS = tuple(f"agent.cli.{name}" for name in (
 ))
 
 
+def build_parser():
+    return framework.build_parser("vehicle-agent", "In-vehicle CAN edge data agent", SUBCOMMANDS)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser("vehicle-agent", "In-vehicle CAN edge data agent", SUBCOMMANDS), argv)
+    return framework.run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -166,14 +166,19 @@ class IncidentStore:
             "problems": list(snapshot.problems), "raw_frames": len(snapshot.raw_frames),
             "samples": report["samples"],
         }
-        write_candump(snapshot.raw_frames, partial / "frames.log")
-        lines = [json.dumps({"t": round(frame.timestamp, 6), "bus": frame.bus, "id": frame.frame_id,
-                             "message": frame.message, "raw": frame.raw}) + "\n" for frame in snapshot.decoded]
-        _fsync_write(partial / "decoded.jsonl", "".join(lines).encode())
-        _fsync_write(partial / "signals.json",
-                     json.dumps({k: _spec_to_json(s) for k, s in sorted(listed.items())}, indent=1).encode())
-        _fsync_write(partial / "completeness.json", json.dumps(report, indent=1).encode())
-        _fsync_write(partial / "snapshot.json", json.dumps(meta, indent=1).encode())
+        try:
+            write_candump(snapshot.raw_frames, partial / "frames.log")
+            lines = [json.dumps({"t": round(frame.timestamp, 6), "bus": frame.bus, "id": frame.frame_id,
+                                 "message": frame.message, "raw": frame.raw}) + "\n" for frame in snapshot.decoded]
+            _fsync_write(partial / "decoded.jsonl", "".join(lines).encode())
+            _fsync_write(partial / "signals.json",
+                         json.dumps({k: _spec_to_json(s) for k, s in sorted(listed.items())}, indent=1).encode())
+            _fsync_write(partial / "completeness.json", json.dumps(report, indent=1).encode())
+            _fsync_write(partial / "snapshot.json", json.dumps(meta, indent=1).encode())
+        except BaseException:
+            # A full disk: give the space back (the buffer needs it too); the caller may retry.
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         os.rename(partial, self.dir / snapshot_id)
         self._sync_dir()
         log.info("incident snapshot %s stored (%d frames, %d samples)", snapshot_id, len(snapshot.raw_frames),
