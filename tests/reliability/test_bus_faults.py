@@ -25,9 +25,11 @@ from agent.config import load_config
 from agent.runtime import decoder_for
 from agent.sources.log import LogSource
 from simulator.faults import FaultInjector, parse_fault_spec
+from tests.e2e_support import grant
 from tests.reliability.rig import (
     BUNDLED_LOG,
     BUS_MAP,
+    GRANTS,
     LOG_FRAMES,
     AgentProcess,
     Simulator,
@@ -61,6 +63,7 @@ def expected_counters(config_path) -> tuple[dict[str, dict[str, int]], dict[str,
 
 
 def test_every_simulator_fault_shows_in_the_agents_counters(tmp_path, logbook):
+    grant(tmp_path / "state", GRANTS)  # the faulted frames go all the way into batches
     sim = Simulator(logbook, speed="16", loop=1, faults=FAULTS, name="faults-sim")
     config = live_config(tmp_path, sim.port)
     expected, injected, expected_jumps = expected_counters(config)
@@ -92,6 +95,7 @@ def test_every_simulator_fault_shows_in_the_agents_counters(tmp_path, logbook):
         + injected["error_frames"]
     assert injected["frames_out"] == frames_out == sent.total == pipeline["frames_in"]
     assert not report["dropped_at_bus"]
+    assert pipeline["batches_written"] > 0 and pipeline["store_errors"] == 0
     # Every per-bus counter is exactly what the agent's decoder makes of the faulted stream.
     assert got == expected
     assert_decode_balance(pipeline)
