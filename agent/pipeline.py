@@ -43,6 +43,8 @@ class BatchingOptions:
 # A frame whose timestamp is this much ahead of its bus's newest one is a clock step (RTC set by GNSS,
 # logger clock jump); a step back counts from the collection plan's clock_reset_s.
 CLOCK_JUMP_AHEAD_S = 60.0
+# Frame timestamps outside [0, year 2400] in seconds (NaN and inf included) come from a broken adapter or log.
+_EARLIEST, _LATEST = 0.0, 13_569_465_600.0
 
 
 @dataclass
@@ -51,6 +53,7 @@ class PipelineCounters:
     batches_written: int = 0
     samples_written: int = 0
     bytes_written: int = 0
+    bad_timestamps: int = 0  # frames refused before decoding (counted apart from the decode outcomes)
 
 
 class Pipeline:
@@ -99,6 +102,9 @@ class Pipeline:
     def feed(self, bus: str, msg: can.Message) -> None:
         self.counters.frames_in += 1
         timestamp = msg.timestamp
+        if not _EARLIEST <= timestamp <= _LATEST:  # NaN, inf or absurd: no stage could place it in time
+            self.counters.bad_timestamps += 1
+            return
         newest = self._newest.get(bus)
         if newest is None or timestamp > newest:
             if newest is not None and timestamp - newest > CLOCK_JUMP_AHEAD_S:
@@ -144,6 +150,7 @@ class Pipeline:
             "batches_written": self.counters.batches_written,
             "samples_written": self.counters.samples_written,
             "bytes_written": self.counters.bytes_written,
+            "bad_timestamps": self.counters.bad_timestamps,
             # Batches the store refused (full disk ...): retried on the next tick; dropped past the retry bound.
             "store_errors": self.batcher.stats.sink_errors,
             "batches_dropped": self.batcher.stats.dropped_batches,

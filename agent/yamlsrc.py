@@ -81,6 +81,10 @@ def _construct(node: yaml.Node, path: tuple, lines: dict, source: str) -> Any:
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:  # e.g. a tag SafeLoader refuses ("=", "!!python/object")
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f"{format_path(path)}: " if path else ""
+        raise ConfigError(f"{source}:{node.start_mark.line + 1}: {where}invalid YAML value: {problem}") from None
     finally:
         loader.dispose()
 

@@ -240,6 +240,9 @@ def _decode_table(table: list, base_us: int) -> DecodedTable:
     if not isinstance(table, list) or len(table) != len(TABLE_FIELDS):
         raise BatchError(f"table is not an array of {len(TABLE_FIELDS)} fields ({', '.join(TABLE_FIELDS)})")
     message, signals, scales, offsets, bus, raw, count, time_column, columns = table
+    if not isinstance(message, str) or not isinstance(bus, str) or not isinstance(signals, list) \
+            or not all(isinstance(name, str) for name in signals):
+        raise BatchError("table names (message, bus, signals) are not all text")
     where = f"table {bus}/{message}"
     if len(columns) != len(signals):
         raise BatchError(f"{where}: {len(signals)} signals but {len(columns)} columns")
@@ -252,6 +255,8 @@ def _decode_table(table: list, base_us: int) -> DecodedTable:
         raise BatchError(f"{where}: {exc}") from None
     if raw and (len(scales) != len(signals) or len(offsets) != len(signals)):
         raise BatchError(f"{where}: scales/offsets do not match the {len(signals)} signals")
+    if raw and not all(type(v) in (int, float) for v in (*scales, *offsets)):
+        raise BatchError(f"{where}: scales/offsets are not all numbers")
     if not raw:
         scales, offsets = [1] * len(signals), [0] * len(signals)
     return DecodedTable(bus, message, bool(raw), signals, timestamps, values, scales, offsets)

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import subprocess
@@ -33,45 +32,22 @@ from agent.pipeline import BatchingOptions
 from agent.runtime import decoder_for
 from agent.sidecars import Sidecars
 from agent.sources.log import LogSource
-from tests.e2e_support import GPS_DBC, J1939_DBC, grant
+from tests.e2e_support import grant
 from tests.reliability.rig import (
     BUNDLED_LOG,
     BUS_MAP,
     GRANTS,
-    TEST_VIN,
+    STREAMS_AND_INCIDENTS,
     AgentProcess,
     Simulator,
     assert_decode_balance,
     live_config,
+    offline_config,
     wait_quiet,
 )
 
 pytestmark = pytest.mark.reliability
 
-# Two telemetry streams of different priority, and incident snapshots (never evicted) at three moments of
-# the drive: the trip odometer passing 1, 6 and 10 (43.6 s, 69.6 s and 98.6 s into the log).
-STREAMS_AND_INCIDENTS = """\
-collection:
-  default_stream: drop
-  campaigns:
-    - name: bulk
-      stream: telemetry
-      priority: 0
-      signals: ["EEC1.*", "gnss_imu.*"]
-    - name: position
-      stream: position
-      priority: 3
-      signals: ["gnss_pos.*", "gnss_attitude.*", "gnss_speed.*", "CCVS1.*", "gnss_status.*"]
-incidents:
-  pre_s: 2
-  post_s: 1
-  keep: 2
-  max_mb: 0.001
-  triggers:
-    - {name: trip1, when: "gnss_odo.DistanceTrip >= 1"}
-    - {name: trip6, when: "gnss_odo.DistanceTrip >= 6"}
-    - {name: trip10, when: "gnss_odo.DistanceTrip >= 10"}
-"""
 QUOTA_MB = 0.03
 FILESYSTEM = "6m"
 
@@ -83,20 +59,6 @@ class Added:
     stream: str
     priority: int
     size: int
-
-
-def offline_config(tmp: Path, quota_mb: float) -> Path:
-    q = json.dumps
-    path = tmp / "agent.yaml"
-    path.write_text(
-        f"vehicle: {{id: rel-truck, vin: {TEST_VIN}}}\n"
-        "buses:\n"
-        f"  - {{name: truck, interface: virtual, dbc: [{q(str(J1939_DBC))}], j1939: true, log_channel: '0'}}\n"
-        f"  - {{name: gps, interface: virtual, dbc: [{q(str(GPS_DBC))}], log_channel: '1'}}\n"
-        f"state: {{dir: {q(str(tmp / 'state'))}}}\n"
-        "batching: {max_age_s: 2}\n"
-        f"buffer: {{quota_mb: {quota_mb}}}\n" + STREAMS_AND_INCIDENTS)
-    return path
 
 
 def run_log_into_store(config_path: Path) -> tuple[list[Added], dict, Sidecars]:
@@ -171,7 +133,8 @@ def test_tiny_quota_evicts_in_the_documented_order_and_keeps_locked_incidents(tm
     assert {b.id for b in kept} == expected_ids
     assert counters["evicted"] == len(added) - len(expected_ids) and counters["over_quota"] == expected_over
     # The scenario exercises every rule: the low stream goes first, the higher one is cut to its newest ...
-    assert kept_by_stream["telemetry"] < by_stream["telemetry"] and 0 < kept_by_stream["position"] < by_stream["position"]
+    assert kept_by_stream["telemetry"] < by_stream["telemetry"]
+    assert 0 < kept_by_stream["position"] < by_stream["position"]
     newest_position = sorted(b.id for b in added if b.stream == "position")[-kept_by_stream["position"]:]
     assert sorted(b.id for b in kept if b.stream == "position") == newest_position
     # ... and every incident batch survives, as do the `keep` newest snapshots on disk.
@@ -210,11 +173,13 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def store_bytes(db: Path) -> tuple[int, dict[str, int]]:
+def read_store(db: Path) -> tuple[int, dict[str, int], int]:
+    """Payload bytes and batches per stream as the database holds them, and the sequence numbers handed out."""
     with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as connection:
         total = connection.execute("SELECT COALESCE(SUM(size), 0) FROM batches").fetchone()[0]
         streams = dict(connection.execute("SELECT stream, COUNT(*) FROM batches GROUP BY stream").fetchall())
-    return total, streams
+        issued = connection.execute("SELECT COALESCE(SUM(next_seq), 0) FROM sequences").fetchone()[0]
+    return total, streams, issued
 
 
 def test_a_full_filesystem_never_crashes_the_agent_and_it_recovers(tmp_path, logbook):
@@ -251,22 +216,26 @@ def test_a_full_filesystem_never_crashes_the_agent_and_it_recovers(tmp_path, log
                 agent.kill()
         counters = report["buffer"]["counters"]
         pipeline, sidecars = report["pipeline"], report["sidecars"]
-        db_bytes, db_streams = store_bytes(state / "buffer.sqlite")
+        db_bytes, db_streams, issued = read_store(state / "buffer.sqlite")
         snapshots = IncidentStore(state / "incidents", create=False).list()
         leftovers = [p.name for p in (state / "incidents").iterdir() if p.name.startswith(".partial")]
-    print(f"\nfull filesystem ({FILESYSTEM} tmpfs): while full: store errors {full['pipeline']['store_errors']}, snapshot "
-          f"errors {full['sidecars']['snapshot_errors']}, batches written {full['pipeline']['batches_written']}; "
+    print(f"\nfull filesystem ({FILESYSTEM} tmpfs): while full: store errors {full['pipeline']['store_errors']}, "
+          f"snapshot errors {full['sidecars']['snapshot_errors']}, "
+          f"batches written {full['pipeline']['batches_written']}; "
           f"after space returned: batches written {recovered['pipeline']['batches_written']}; at the end: frames "
           f"{pipeline['frames_in']} of {sent.total} sent, batches written {pipeline['batches_written']}, dropped "
-          f"{pipeline['batches_dropped']}, store written {counters['written']}, evicted {counters['evicted']}, "
+          f"{pipeline['batches_dropped']}, sequence numbers issued {issued}, store written {counters['written']}, "
+          f"evicted {counters['evicted']}, "
           f"buffered {counters['pending_batches']} {db_streams}; snapshots {[s.trigger.name for s in snapshots]}")
     # It kept running through the full disk and stopped cleanly (stop() asserts exit code 0).
     assert pipeline["frames_in"] == sent.total and not report["dropped_at_bus"]
     assert_decode_balance(pipeline)
-    # Nothing given up: every batch refused while full was stored on a retry.
-    assert pipeline["batches_dropped"] == 0 and sidecars["dropped_unstored"] == 0
+    # Every batch refused while full was stored on a retry, or (past the batcher's bound of 16 waiting) given
+    # up and counted: each sequence number handed out is a stored batch or a counted drop.
     assert recovered["pipeline"]["batches_written"] > full["pipeline"]["batches_written"]
     assert counters["written"] == pipeline["batches_written"] + sidecars["snapshot_batches"]
+    assert issued == counters["written"] + pipeline["batches_dropped"] + sidecars["dropped_unstored"]
+    assert pipeline["store_errors"] >= full["pipeline"]["store_errors"] > 0
     # The snapshot that met the full disk was saved when space came back; none was lost or left half-written.
     assert [s.trigger.name for s in snapshots] == ["trip1", "trip6", "trip10"] and not leftovers
     assert db_streams[INCIDENT_STREAM] == sidecars["snapshot_batches"] == 3
