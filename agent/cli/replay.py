@@ -8,10 +8,20 @@ import sys
 import time
 from pathlib import Path
 
-from agent.assemble import assemble, build_consent, collection_plan, open_store, vehicle_identity
-from agent.cli.common import add_dbc_arguments, decoder_from_args, decoder_from_config, log_source_from_args
+from agent.assemble import (
+    assemble,
+    build_consent,
+    collection_plan,
+    ensure_state_dir,
+    open_store,
+    vehicle_identity,
+)
+from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_from_args
 from agent.config import load_config
+from agent.incident.config import incident_config
 from agent.pipeline import BatchingOptions
+from agent.runtime import decoder_for
+from agent.sidecars import Sidecars
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if config is None and not args.dbc:
         raise ValueError("give --dbc FILE... or --config FILE")
     plan = collection_plan(config)
-    decoder = decoder_from_args(args, wanted=plan.wants) if args.dbc else decoder_from_config(config, wanted=plan.wants)
+    decoder = decoder_from_args(args, wanted=plan.wants) if args.dbc else decoder_for(config, plan)
     batching = BatchingOptions()
     if config is not None:
         batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes)
@@ -47,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
     vehicle_id = vehicle_identity(config, consent.pseudonymizer)
     assembly = assemble(decoder, plan, store, consent, vehicle_id, batching)
     pipeline = assembly.pipeline
+    sidecars = None
+    if config is not None and config.incidents:
+        # Incident snapshots from the log, kept in the state dir as on the vehicle.
+        sidecars = Sidecars(pipeline, store, consent.policy, vehicle_id, notify=lambda: None)
+        sidecars.attach_incidents(incident_config(config), ensure_state_dir(config.resolve(config.state.dir)))
     source = log_source_from_args(args, config)
     start = time.perf_counter()
     try:
@@ -54,11 +69,15 @@ def run(args: argparse.Namespace) -> int:
             pipeline.feed(bus, msg)
     finally:
         pipeline.flush()
+        if sidecars is not None:
+            sidecars.flush()
         elapsed = time.perf_counter() - start
         summary = pipeline.snapshot()
         summary["privacy"] = assembly.privacy.counters.as_dict() if hasattr(assembly.privacy.counters, "as_dict") \
             else vars(assembly.privacy.counters)
         summary["store"] = store.counters()
+        if sidecars is not None:
+            summary["incidents"] = sidecars.counters.as_dict()
         summary["seconds"] = round(elapsed, 3)
         summary["frames_per_s"] = round(summary["frames_in"] / elapsed) if elapsed > 0 else None
         store.close()
@@ -80,6 +99,8 @@ def _print(summary: dict, as_json: bool, bench: bool) -> None:
     privacy = summary.get("privacy") or {}
     if privacy:
         print("  consent filter: " + ", ".join(f"{k} {v}" for k, v in privacy.items()))
+    if summary.get("incidents"):
+        print("  incidents: " + ", ".join(f"{k} {v}" for k, v in summary["incidents"].items() if v))
     if not bench and summary["samples_written"] == 0:
         print("  nothing buffered for upload: no category is granted (default consent). "
               "Use --grant-all for a bench run or --consent FILE.", file=sys.stderr)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from agent.assemble import assemble, build_consent, collection_plan, open_store
 from agent.camera.events import parse_event
-from agent.cli.common import decoder_from_config
 from agent.cli.main import main as agent_main
 from agent.config import load_config
 from agent.incident.config import incident_config
+from agent.runtime import decoder_for
 from agent.sidecars import Sidecars
 from agent.sources.log import LogSource
 from simulator.demo.setup import BUNDLED_BUSES, DemoInput, write_config
@@ -49,7 +49,7 @@ def run_incident(workdir: Path, seed: int = 7) -> IncidentResult:
     plan = collection_plan(config)
     store = open_store(config)
     consent = build_consent(config)
-    assembly = assemble(decoder_from_config(config, wanted=plan.wants), plan, store, consent, config.vehicle.id)
+    assembly = assemble(decoder_for(config, plan), plan, store, consent, config.vehicle.id)
     sidecars = Sidecars(assembly.pipeline, store, consent.policy, config.vehicle.id, notify=lambda: None)
     sidecars.attach_incidents(incident_config(config), config.resolve(config.state.dir))
     events = sorted((parse_event(p.read_bytes(), p.name) for p in sorted((workdir / "camera").iterdir())),
