@@ -35,19 +35,24 @@ def agent_config(tmp: Path, broker_port: int | None, *, batch_age: float = 10.0,
         f"batching: {{max_age_s: {batch_age}}}",
     ]
     if broker_port is not None:
-        lines += [
-            "uplink:",
-            "  region: cn-test",
-            f"  broker: {{host: 127.0.0.1, port: {broker_port}}}",
-            f"  allowed_brokers: [{{host: 127.0.0.1, port: {broker_port}}}]",
-            "  allow_plaintext_loopback: true",
-            "  backoff_min: 0.1",
-            "  backoff_max: 1.0",
-            *[line for line in uplink_extra.splitlines() if line.strip()],
-        ]
+        lines += uplink_lines(broker_port, uplink_extra)
     path = tmp / "agent.yaml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
+
+
+def uplink_lines(broker_port: int, uplink_extra: str = "") -> list[str]:
+    """The uplink section for a plaintext broker on loopback, with quick reconnects."""
+    return [
+        "uplink:",
+        "  region: cn-test",
+        f"  broker: {{host: 127.0.0.1, port: {broker_port}}}",
+        f"  allowed_brokers: [{{host: 127.0.0.1, port: {broker_port}}}]",
+        "  allow_plaintext_loopback: true",
+        "  backoff_min: 0.1",
+        "  backoff_max: 1.0",
+        *[line for line in uplink_extra.splitlines() if line.strip()],
+    ]
 
 
 def grant(state_dir: Path, categories: dict[str, str | None], expiry: str = "7d", clock=time.time) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from agent.config import load_config
 from agent.control import ControlClient, control_socket_path
 from simulator.broker import free_loopback_port
-from tests.e2e_support import GPS_DBC, J1939_DBC, REPO
+from tests.e2e_support import GPS_DBC, J1939_DBC, REPO, uplink_lines
 
 BUNDLED_LOG = REPO / "simulator/data/css_truck_j1939_and_canmod_gps.asc.gz"
 BUS_MAP = {"0": "truck", "1": "gps"}
@@ -67,16 +67,7 @@ def live_config(tmp: Path, sim_port: int, broker_port: int | None = None, *, bat
         f"batching: {{max_age_s: {batch_age}}}",
     ]
     if broker_port is not None:
-        lines += [
-            "uplink:",
-            "  region: cn-test",
-            f"  broker: {{host: 127.0.0.1, port: {broker_port}}}",
-            f"  allowed_brokers: [{{host: 127.0.0.1, port: {broker_port}}}]",
-            "  allow_plaintext_loopback: true",
-            "  backoff_min: 0.1",
-            "  backoff_max: 1.0",
-            *[line for line in uplink_extra.splitlines() if line.strip()],
-        ]
+        lines += uplink_lines(broker_port, uplink_extra)
     path = tmp / "agent.yaml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
