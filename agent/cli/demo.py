@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     if args.log and not args.dbc:
         raise ValueError("--log needs --dbc FILE...")
     logging.getLogger("can.interfaces.socketcand").setLevel(logging.ERROR)
+    # The summary reports the incident itself; its warning line would only interrupt it.
+    logging.getLogger("agent.incident.snapshot").setLevel(logging.ERROR)
     report = run_demo(DemoOptions(args.log, tuple(args.dbc), args.consent, args.grant_all, args.speed,
                                   args.report_json, args.workdir, not args.no_incident))
     received, sent = report["received"], report["sent"]

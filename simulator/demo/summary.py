@@ -74,7 +74,8 @@ def format_phase(phase: PhaseResult, candump_bytes: int, top: int = 8) -> str:
     busiest = busiest[:top]
     if busiest:
         width = max(len(k) for k, _ in busiest)
-        out.append(f"  top signals{'':<{max(0, width - 9)}}   samples        min       mean        max  unit")
+        out.append("  top signals, as decoded in the car (shown here, on the owner's side; not what was uploaded)")
+        out.append(f"    {'signal':<{width}}  samples        min       mean        max  unit")
         for key, stats in busiest:
             out.append(f"    {key:<{width}} {stats.count:>8} {_fmt(stats.minimum):>10} {_fmt(stats.mean):>10} "
                        f"{_fmt(stats.maximum):>10}  {stats.unit}  [{stats.category}]")
