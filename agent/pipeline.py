@@ -88,6 +88,7 @@ class Pipeline:
             vehicle_id=vehicle_id,
             boot_id=self.boot_id,
             seq_source=lambda: store.next_seq(self.boot_id),
+            stream_seq_source=lambda stream: store.next_stream_seq(self.boot_id, stream),
             max_age_s=batching.max_age_s,
             max_bytes=batching.max_bytes,
             bench=batching.bench,

@@ -20,14 +20,14 @@ from typing import Any
 
 from agent.buffer.store import BatchStore
 from agent.camera.config import CameraConfig
-from agent.camera.rules import camera_decision
+from agent.camera.rules import CAMERA_STREAM, camera_decision
 from agent.camera.socket_in import CameraSocketServer
 from agent.camera.spool import SpoolWatcher
 from agent.camera.upload import camera_batch
 from agent.incident.config import IncidentConfig
 from agent.incident.snapshot import IncidentRecorder, Snapshot
 from agent.incident.store import IncidentStore
-from agent.incident.upload import snapshot_batches
+from agent.incident.upload import INCIDENT_STREAM, snapshot_batches
 from agent.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,10 @@ class Sidecars:
             raise  # the spool watcher leaves the file in place and retries later
 
     # -- pipeline thread -------------------------------------------------------------
-    def _seq(self) -> int:
-        return self.store.next_seq(self.pipeline.boot_id)
+    def _numbers(self, stream: str) -> tuple[int, int]:
+        """(boot-wide seq, the stream's own number) for a batch of ``stream``."""
+        boot_id = self.pipeline.boot_id
+        return self.store.next_seq(boot_id), self.store.next_stream_seq(boot_id, stream)
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         assert self.incidents is not None
@@ -119,7 +121,8 @@ class Sidecars:
             return
         self.counters.snapshots += 1
         stored = self.incidents.load(info.id)
-        batches = snapshot_batches(stored, self.policy, self.vehicle_id, self.pipeline.boot_id, self._seq)
+        batches = snapshot_batches(stored, self.policy, self.vehicle_id, self.pipeline.boot_id,
+                                   lambda: self._numbers(INCIDENT_STREAM))
         for batch in batches:
             self._add(batch)
         self.counters.snapshot_batches += len(batches)
@@ -171,7 +174,7 @@ class Sidecars:
             else:
                 outgoing.append(decision)
         if outgoing:
-            batch = camera_batch(outgoing, self.vehicle_id, self.pipeline.boot_id, self._seq(),
+            batch = camera_batch(outgoing, self.vehicle_id, self.pipeline.boot_id, self._numbers(CAMERA_STREAM),
                                  self.policy.version, bench=self.policy.bench)
             self._add(batch)
             self.counters.camera_uploaded += len(outgoing)

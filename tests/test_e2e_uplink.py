@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from agent.buffer.store import BatchStore
 from simulator.receiver.client import Receiver
 from tests.e2e_support import (
     TRUCK_LOG,
@@ -89,3 +90,26 @@ def test_kill_9_mid_upload_loses_nothing_and_dedup_makes_it_exactly_once(tmp_pat
     assert report["duplicates_dropped"] <= kills * 4
     assert receiver_samples(tmp_path / "receiver.sqlite") == committed
     assert store_samples(buffer) == ([], 0)
+
+
+def test_the_receiver_finds_a_hole_in_one_stream_and_names_the_stream(tmp_path, shared_data, mosquitto):
+    config, buffer, _committed, batches = fill_buffer(tmp_path, shared_data, mosquitto.port, batch_age=2.0)
+    # A batch that never leaves the car (as if evicted): its stream's numbering shows the hole.
+    with BatchStore(buffer) as store:
+        pending = store.pending(1000)
+        assert {b.header["stream"] for b in pending} == {"telemetry"}
+        assert sorted(b.header["stream_seq"] for b in pending) == list(range(len(pending)))
+        victim = sorted(pending, key=lambda b: b.header["stream_seq"])[len(pending) // 2]
+        assert store.purge(lambda b: b.id == victim.id) == [victim.id]
+    receiver = Receiver(mosquitto.host, mosquitto.port, tmp_path / "receiver.sqlite")
+    receiver.start()
+    agent = start_agent(config, tmp_path / "agent.log")
+    try:
+        assert receiver.wait_for(batches=batches - 1, timeout=60)
+        report = receiver.report()
+    finally:
+        assert stop_agent(agent) == 0
+        receiver.stop()
+    missing = victim.header["stream_seq"]
+    assert report["gaps"] == 1
+    assert [(g["stream"], g["first"], g["last"]) for g in report["gap_ranges"]] == [("telemetry", missing, missing)]

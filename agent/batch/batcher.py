@@ -110,6 +110,7 @@ class Batcher:
         bench: bool = False,
         max_samples: int = 2_000_000,
         created_clock: Callable[[], float] = time.time,
+        stream_seq_source: Callable[[str], int] | None = None,
     ) -> None:
         if max_age_s <= 0:
             raise ValueError(f"max_age_s must be positive, got {max_age_s}")
@@ -120,6 +121,7 @@ class Batcher:
         self.vehicle_id = vehicle_id
         self.boot_id = boot_id
         self.seq_source = seq_source
+        self.stream_seq_source = stream_seq_source
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
         self.clock = clock
@@ -225,19 +227,23 @@ class Batcher:
         return data
 
     def _emit(self, stream: str, priority: int, categories: list[str], tables: list[TableData],
-              seq: int | None = None) -> None:
-        # A split batch keeps its number for the first half, so the receiver sees no gap.
-        seq = self.seq_source() if seq is None else seq
+              numbers: tuple[int, int | None] | None = None) -> None:
+        # A split batch keeps its numbers for the first half, so the receiver sees no gap.
+        if numbers is None:
+            numbers = (self.seq_source(), self.stream_seq_source(stream) if self.stream_seq_source else None)
+        seq, stream_seq = numbers
         header = {
             "vehicle_id": self.vehicle_id, "boot_id": self.boot_id, "seq": seq, "stream": stream,
             "priority": priority, "categories": categories or [UNCLASSIFIED], "consent_version": self.consent_version,
             "bench": self.bench, "created": self.created_clock(),
         }
+        if stream_seq is not None:
+            header["stream_seq"] = stream_seq
         encoded = encode_batch(header, tables, self._compressor, self._dictionary_id)
         if len(encoded.payload) > self.max_bytes and sum(len(t.rows) for t in tables) > 1:
             self.stats.splits += 1
             first, second = _halves(tables)
-            self._emit(stream, priority, categories, first, seq)
+            self._emit(stream, priority, categories, first, numbers)
             self._emit(stream, priority, categories, second)
             return
         per_sample = len(encoded.payload) / max(1, encoded.samples)

@@ -39,6 +39,11 @@ from agent.buffer.schema import (
 log = logging.getLogger(__name__)
 
 
+def stream_key(boot_id: str, stream: str) -> str:
+    # Per-stream counters share the sequences table with the boot-wide one.
+    return f"{boot_id}#{stream}"
+
+
 class BatchStore:
     """See the module docstring.  ``synchronous`` is SQLite's PRAGMA in WAL mode:
     FULL (default) makes every commit survive power loss; NORMAL survives
@@ -117,9 +122,12 @@ class BatchStore:
                 cursor = self._db.execute(
                     "INSERT INTO batches (stream, priority, categories, boot_id, seq, created, samples, size,"
                     " payload_sha256, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-                self._db.execute(
+                numbered = [(header["boot_id"], header["seq"] + 1)]
+                if header.get("stream_seq") is not None:
+                    numbered.append((stream_key(header["boot_id"], header["stream"]), header["stream_seq"] + 1))
+                self._db.executemany(
                     "INSERT INTO sequences VALUES (?, ?) ON CONFLICT (boot_id) DO UPDATE"
-                    " SET next_seq = MAX(next_seq, excluded.next_seq)", (header["boot_id"], header["seq"] + 1))
+                    " SET next_seq = MAX(next_seq, excluded.next_seq)", numbered)
                 self._count("written")
                 self._bytes += len(batch.payload)
                 batch_id = int(cursor.lastrowid)
@@ -135,6 +143,11 @@ class BatchStore:
             seq = max(stored[0] if stored else 0, self._issued.get(boot_id, -1) + 1)
             self._issued[boot_id] = seq
             return seq
+
+    def next_stream_seq(self, boot_id: str, stream: str) -> int:
+        """The next number of ``stream`` in this boot: per-stream numbering lets a receiver
+        find holes per stream (the boot-wide ``seq`` is shared by all streams)."""
+        return self.next_seq(stream_key(boot_id, stream))
 
     def mark_delivered(self, batch_id: int) -> None:
         """The uplink confirmed delivery: delete the batch (unknown ids are ignored)."""

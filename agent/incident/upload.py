@@ -127,7 +127,8 @@ def _tables(frames: list[tuple[DecodedFrame, dict, dict]], specs: Mapping[str, S
 
 
 def snapshot_batches(stored: StoredSnapshot, policy: PolicyLike, vehicle_id: str, boot_id: str,
-                     seq_source: Callable[[], int], max_bytes: int = 256 * 1024, now: float | None = None,
+                     seq_source: Callable[[], int | tuple[int, int]],
+                     max_bytes: int = 256 * 1024, now: float | None = None,
                      clock: Callable[[], float] = time.time, level: int = DEFAULT_LEVEL) -> list[EncodedBatch]:
     """The snapshot's upload batches; empty without ``incident`` consent (it then stays in the car)."""
     now = clock() if now is None else now
@@ -148,10 +149,15 @@ def snapshot_batches(stored: StoredSnapshot, policy: PolicyLike, vehicle_id: str
                             "triggers": [hit.name for hit in info.triggers], "start": info.start, "end": info.end,
                             "complete": info.complete}
 
-    def header(part: int, parts: int, seq: int) -> dict:
-        return {"vehicle_id": vehicle_id, "boot_id": boot_id, "seq": seq, "stream": INCIDENT_STREAM,
-                "priority": INCIDENT_PRIORITY, "categories": categories, "consent_version": policy.version,
-                "bench": policy.bench, "created": clock(), "incident": {**meta, "part": part, "parts": parts}}
+    def header(part: int, parts: int, seq: int | tuple[int, int]) -> dict:
+        # seq may come with the incident stream's own number: (seq, stream_seq).
+        seq, stream_seq = seq if isinstance(seq, tuple) else (seq, None)
+        fields = {"vehicle_id": vehicle_id, "boot_id": boot_id, "seq": seq, "stream": INCIDENT_STREAM,
+                  "priority": INCIDENT_PRIORITY, "categories": categories, "consent_version": policy.version,
+                  "bench": policy.bench, "created": clock(), "incident": {**meta, "part": part, "parts": parts}}
+        if stream_seq is not None:
+            fields["stream_seq"] = stream_seq
+        return fields
 
     # Split by time until every part fits; then number the parts and encode them for real.
     chunks = [shaped]
