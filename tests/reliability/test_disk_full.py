@@ -178,7 +178,9 @@ def read_store(db: Path) -> tuple[int, dict[str, int], int]:
     with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as connection:
         total = connection.execute("SELECT COALESCE(SUM(size), 0) FROM batches").fetchone()[0]
         streams = dict(connection.execute("SELECT stream, COUNT(*) FROM batches GROUP BY stream").fetchall())
-        issued = connection.execute("SELECT COALESCE(SUM(next_seq), 0) FROM sequences").fetchone()[0]
+        # Boot-wide numbers only: per-stream counters ("boot#stream" keys) share the table.
+        issued = connection.execute("SELECT COALESCE(SUM(next_seq), 0) FROM sequences "
+                                    "WHERE instr(boot_id, '#') = 0").fetchone()[0]
     return total, streams, issued
 
 
