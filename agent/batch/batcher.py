@@ -133,6 +133,7 @@ class Batcher:
         self._open: dict[str, _OpenBatch] = {}
         self._bytes_per_sample: dict[str, float] = {}
         self._retry: deque[EncodedBatch] = deque()
+        self._sink_failing = False
         self._dictionary_id = dictionary_id(dictionary) if dictionary else None
         zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary else None
         self._compressor = zstandard.ZstdCompressor(level=level, dict_data=zdict)
@@ -257,11 +258,21 @@ class Batcher:
             self.sink(encoded)
         except Exception as exc:  # the store may be full or failing: keep the batch for a retry
             self.stats.sink_errors += 1
-            log.warning("batch %s/%s not stored, will retry: %s", encoded.stream, encoded.seq, exc)
+            # One line when storing starts failing (and when it recovers), not one per batch per tick:
+            # a full disk must not also fill the journal.
+            if not self._sink_failing:
+                log.warning("batch %s/%s not stored, will retry: %s", encoded.stream, encoded.seq, exc)
+            self._sink_failing = True
             if len(self._retry) >= MAX_RETRY:
-                self._retry.popleft()
+                lost = self._retry.popleft()
                 self.stats.dropped_batches += 1
+                log.error("batch %s/%s dropped: %d batches already wait for the store", lost.stream, lost.seq,
+                          MAX_RETRY)
             self._retry.append(encoded)
+        else:
+            if self._sink_failing:
+                log.warning("storing batches works again (%d waiting)", len(self._retry))
+            self._sink_failing = False
 
     def _retry_sink(self) -> None:
         for _ in range(len(self._retry)):
