@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import schema
+from agent.netlocal import LOOPBACK_ONLY_INTERFACES, local_bus_problem
 from agent.yamlsrc import ConfigError, Located, load_file, load_text
 
 
@@ -127,9 +128,10 @@ def _validate(config: AgentConfig, doc: Located) -> None:
         names.add(bus.name)
         if bus.bitrate <= 0:
             raise doc.error(("buses", index, "bitrate"), "must be positive")
-        if bus.interface == "udp_multicast":
-            # Project rule: never send CAN over the network outside loopback.
-            raise doc.error(("buses", index, "interface"), "udp_multicast is not allowed (leaves the machine)")
+        problem = local_bus_problem({"interface": bus.interface, **bus.options})
+        if problem is not None:  # CAN traffic stays on this machine (see agent/netlocal.py)
+            key = "options" if bus.interface in LOOPBACK_ONLY_INTERFACES else "interface"
+            raise doc.error(("buses", index, key), problem)
         for dbc_index, dbc in enumerate(bus.dbc):
             if not config.resolve(dbc).is_file():
                 raise doc.error(("buses", index, "dbc", dbc_index), f"no such file {dbc}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import can
 import pytest
 
+from agent.config import ConfigError, parse_config
 from agent.sources.live import BusUrlError, LiveSource, bus_kwargs_from_url, open_bus
 from agent.sources.log import LogError, LogSource
 
@@ -52,12 +53,25 @@ def test_bus_urls():
     assert bus_kwargs_from_url("socketcand://127.0.0.1:29536/can1") == {
         "interface": "socketcand", "host": "127.0.0.1", "port": 29536, "channel": "can1"}
     assert bus_kwargs_from_url("socketcan://vcan0") == {"interface": "socketcan", "channel": "vcan0"}
-    for bad in ("udp_multicast://224.0.0.1", "http://x", "socketcand://127.0.0.1/can0", "socketcan://"):
+    for bad in ("some_net://224.0.0.1", "http://x", "socketcand://127.0.0.1/can0", "socketcan://"):
         with pytest.raises(BusUrlError) as info:
             bus_kwargs_from_url(bad)
         assert str(info.value).startswith(bad + ":")
-    with pytest.raises(BusUrlError, match="udp_multicast is not allowed"):
-        bus_kwargs_from_url("udp_multicast://224.0.0.1")
+
+
+def test_buses_that_would_leave_the_machine_are_refused_before_opening(tmp_path):
+    remote = bus_kwargs_from_url("socketcand://192.0.2.7:29536/can0")
+    with pytest.raises(BusUrlError, match="host '192.0.2.7' is not loopback"):
+        open_bus(remote)
+    with pytest.raises(BusUrlError, match="interface 'ethernet_can' is not a local CAN interface"):
+        open_bus({"interface": "ethernet_can", "channel": "x"})
+    with pytest.raises(ConfigError) as info:
+        parse_config("buses:\n  - name: pt\n    interface: socketcand\n    options: {host: 192.0.2.7, port: 1}\n",
+                     source="a.yaml")
+    assert str(info.value).startswith("a.yaml:4: buses[0].options: socketcand host '192.0.2.7' is not loopback")
+    with pytest.raises(ConfigError) as info:
+        parse_config("buses:\n  - name: pt\n    interface: ethernet_can\n", source="a.yaml")
+    assert str(info.value).startswith("a.yaml:3: buses[0].interface: interface 'ethernet_can' is not a local")
 
 
 def _has_kernel_can(channel: str) -> bool:

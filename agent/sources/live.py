@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import can
 
 from agent.config import BusConfig
+from agent.netlocal import local_bus_problem
 
 
 class BusUrlError(ValueError):
@@ -32,8 +33,8 @@ class BusUrlError(ValueError):
 
 def bus_kwargs_from_url(url: str) -> dict[str, Any]:
     """python-can ``Bus(**kwargs)`` for a bus URL."""
-    # Split the scheme by hand: urlsplit() rejects "udp_multicast" (underscore)
-    # and would report an empty scheme instead of refusing it by name.
+    # Split the scheme by hand: urlsplit() drops schemes it does not accept (an
+    # underscore, for one) and the error would then name an empty scheme.
     scheme, sep, _rest = url.partition("://")
     if not sep:
         raise BusUrlError(f"{url}: expected SCHEME://..., e.g. virtual://NAME or socketcand://HOST:PORT/CHANNEL")
@@ -51,8 +52,6 @@ def bus_kwargs_from_url(url: str) -> dict[str, Any]:
         if not channel:
             raise BusUrlError(f"{url}: expected socketcan://CHANNEL (e.g. socketcan://vcan0)")
         return {"interface": "socketcan", "channel": channel}
-    if scheme == "udp_multicast":
-        raise BusUrlError(f"{url}: udp_multicast is not allowed (traffic would leave the machine)")
     raise BusUrlError(f"{url}: unknown bus URL scheme {scheme!r}; use virtual://, socketcand:// or socketcan://")
 
 
@@ -69,6 +68,9 @@ def bus_kwargs_from_config(bus: BusConfig) -> dict[str, Any]:
 
 
 def open_bus(kwargs: dict[str, Any]) -> can.BusABC:
+    problem = local_bus_problem(kwargs)
+    if problem is not None:  # checked before python-can opens anything
+        raise BusUrlError(f"cannot open bus {kwargs.get('interface')}:{kwargs.get('channel')}: {problem}")
     try:
         return can.Bus(**kwargs)
     except Exception as exc:  # python-can raises many types (CanError, OSError, ImportError ...)

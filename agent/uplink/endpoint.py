@@ -21,6 +21,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from agent.netlocal import is_loopback
 from agent.uplink.config import AllowedBroker, TlsConfig, UplinkConfig, normalize_fingerprint
 
 
@@ -46,17 +47,6 @@ class Endpoint:
         scheme = "mqtts" if self.tls else "mqtt"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
-
-
-def is_loopback(host: str) -> bool:
-    """True only for literal loopback addresses and ``localhost`` (no DNS lookup:
-    a lookup is already a contact with the outside)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _same_host(a: str, b: str) -> bool:

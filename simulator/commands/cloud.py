@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.uplink.endpoint import is_loopback
+from agent.netlocal import is_loopback
 from simulator.receiver import Receiver, ReceiverTls, format_report
 
 
