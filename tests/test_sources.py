@@ -61,7 +61,7 @@ def test_bus_urls():
 
 def test_buses_that_would_leave_the_machine_are_refused_before_opening(tmp_path):
     remote = bus_kwargs_from_url("socketcand://192.0.2.7:29536/can0")
-    with pytest.raises(BusUrlError, match="host '192.0.2.7' is not loopback"):
+    with pytest.raises(BusUrlError, match=r"host '192\.0\.2\.7' is not loopback"):
         open_bus(remote)
     with pytest.raises(BusUrlError, match="interface 'ethernet_can' is not a local CAN interface"):
         open_bus({"interface": "ethernet_can", "channel": "x"})
