@@ -7,14 +7,16 @@ each other.  Used by ``replay`` (offline), ``run`` (the service) and ``demo``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.buffer.store import BatchStore
-from agent.collect import CollectionPlan, parse_collection
+from agent.cli.common import decoder_from_config
+from agent.collect import CollectionPlan, SignalIndex, parse_collection
 from agent.config import AgentConfig
 from agent.decode import Decoder
+from agent.incident.config import incident_config
 from agent.ledger import Ledger
 from agent.pipeline import BatchingOptions, Pipeline
 from agent.privacy import ConsentPolicy, ConsentStore, PrivacyFilter, Pseudonymizer, consent_config
@@ -44,6 +46,26 @@ def vehicle_identity(config: AgentConfig | None, pseudonymizer: Pseudonymizer | 
             pseudonymizer = Pseudonymizer.in_dir(ensure_state_dir(state_dir_of(config)))
         return "v" + pseudonymizer.vehicle_pseudonym(config.vehicle.vin)[:32]
     return config.vehicle.id
+
+
+def decoder_for(config: AgentConfig, plan: CollectionPlan) -> Decoder:
+    """The live pipeline's decoder: the signals the collection plan reads and, with incidents configured,
+    the signals their triggers read and every signal of their categories (a snapshot keeps those whether
+    or not a campaign collects them; filtered out, a trigger would silently never fire)."""
+    if not config.incidents:
+        return decoder_from_config(config, wanted=plan.wants)
+    incidents = incident_config(config)
+    categories = frozenset(incidents.categories)
+    trigger_keys: set[str] = set()
+    decoder = decoder_from_config(
+        config, wanted=lambda spec: plan.wants(spec) or spec.category in categories or spec.key in trigger_keys)
+    # The filter is first consulted on a bus's first frame, so the trigger signals can be filled in now.
+    index = SignalIndex(decoder.specs)
+    for item in incidents.triggers:
+        sources = item.trigger.compile(index).sources
+        trigger_keys.update(spec.key for specs in sources.values() for spec in specs)
+    return decoder
+
 
 
 def open_store(config: AgentConfig | None, path: Path | None = None) -> BatchStore:
@@ -111,10 +133,17 @@ def build_consent(
 @dataclass
 class Assembly:
     pipeline: Pipeline
-    consent: Consent
     privacy: PrivacyFilter
-    store: BatchStore
-    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def watch_consent(consent: Consent, store: BatchStore, uplink: Any = None) -> None:
+    """Consent changes purge the store and the uplink and write the ledger; what is no longer
+    granted at start-up is purged now.  Call once per process (not per pipeline)."""
+    policy = consent.policy
+    if policy.bench:
+        return
+    policy.on_change(consent_change_handler(store, uplink, consent.ledger))
+    purge_ungranted(policy, store, uplink, consent.ledger)
 
 
 def assemble(
@@ -124,10 +153,9 @@ def assemble(
     consent: Consent,
     vehicle_id: str,
     batching: BatchingOptions | None = None,
-    uplink: Any = None,
     on_trigger: Any = None,
 ) -> Assembly:
-    """Join decode -> collect -> privacy -> batch -> store, with consent purges wired."""
+    """Join decode -> collect -> privacy -> batch -> store (see ``watch_consent`` for purges)."""
     policy = consent.policy
     batching = batching or BatchingOptions()
     batching.bench = policy.bench
@@ -154,7 +182,4 @@ def assemble(
         batch_guard=lambda sink: consent_guarded_sink(policy, sink),
         on_trigger=on_trigger,
     )
-    if not policy.bench:
-        policy.on_change(consent_change_handler(store, uplink, consent.ledger))
-        purge_ungranted(policy, store, uplink, consent.ledger)
-    return Assembly(pipeline, consent, holder["stage"], store)
+    return Assembly(pipeline, holder["stage"])

@@ -22,13 +22,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.assemble import Consent, assemble, build_consent, collection_plan, open_store, vehicle_identity
+from agent.assemble import (
+    Consent,
+    assemble,
+    build_consent,
+    collection_plan,
+    decoder_for,
+    open_store,
+    vehicle_identity,
+    watch_consent,
+)
 from agent.camera.config import camera_config
-from agent.cli.common import decoder_from_config
-from agent.collect import CollectionPlan, SignalIndex
 from agent.config import AgentConfig, load_config
 from agent.control import CommandRegistry, ControlServer, control_socket_path
-from agent.decode import Decoder
 from agent.incident.config import incident_config
 from agent.model import ALL_CATEGORIES
 from agent.pipeline import BatchingOptions, Pipeline
@@ -48,25 +54,6 @@ HOUSEKEEPING_S = 1.0
 HEALTH_EVERY_S = 60.0
 
 
-def decoder_for(config: AgentConfig, plan: CollectionPlan) -> Decoder:
-    """The live pipeline's decoder: the signals the collection plan reads and, with incidents configured,
-    the signals their triggers read and every signal of their categories (a snapshot keeps those whether
-    or not a campaign collects them; filtered out, a trigger would silently never fire)."""
-    if not config.incidents:
-        return decoder_from_config(config, wanted=plan.wants)
-    incidents = incident_config(config)
-    categories = frozenset(incidents.categories)
-    trigger_keys: set[str] = set()
-    decoder = decoder_from_config(
-        config, wanted=lambda spec: plan.wants(spec) or spec.category in categories or spec.key in trigger_keys)
-    # The filter is first consulted on a bus's first frame, so the trigger signals can be filled in now.
-    index = SignalIndex(decoder.specs)
-    for item in incidents.triggers:
-        sources = item.trigger.compile(index).sources
-        trigger_keys.update(spec.key for specs in sources.values() for spec in specs)
-    return decoder
-
-
 class AgentRuntime:
     def __init__(self, config_path: str | Path, source: LiveSource | None = None,
                  consent_file: str | None = None, notifier: Notifier | None = None,
@@ -77,8 +64,6 @@ class AgentRuntime:
         self.state_dir = self.config.resolve(self.config.state.dir)
         # Owner-only state (0700), keys 0600; a world-writable state dir is refused.
         prepare_state_dir(self.state_dir)
-        self._given_source = source
-        self._consent_file = consent_file
         self.notifier = notifier or Notifier.from_environ()
         self.started_at = time.time()
         self._stop = threading.Event()
@@ -99,6 +84,8 @@ class AgentRuntime:
         if up is not None:
             self.uplink = Uplink(up, self.store, self.vehicle_id, on_command=self._queue_remote_command,
                                  health=self.health, on_delivered=self._record_upload)
+        # Once per process, not per pipeline: a reload must not add a second purge handler.
+        watch_consent(self.consent, self.store, self.uplink)
         self.pipeline, self.privacy = self._build_pipeline(self.config)
         self.sidecars = self._build_sidecars(self.config, self.pipeline)
         self.source = source or self._open_buses(self.config)
@@ -110,7 +97,7 @@ class AgentRuntime:
         plan = collection_plan(config)
         decoder = decoder_for(config, plan)
         batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes)
-        assembly = assemble(decoder, plan, self.store, self.consent, self.vehicle_id, batching, uplink=self.uplink)
+        assembly = assemble(decoder, plan, self.store, self.consent, self.vehicle_id, batching)
         if self.uplink is not None:
             assembly.pipeline.batch_listeners.append(lambda _id, _batch: self.uplink.notify())
         return assembly.pipeline, assembly.privacy
@@ -120,8 +107,9 @@ class AgentRuntime:
         sidecars = Sidecars(pipeline, self.store, self.consent.policy, self.vehicle_id, notify)
         if config.incidents:
             sidecars.attach_incidents(incident_config(config), self.state_dir)
-        if config.camera and camera_config(config).enabled:
-            sidecars.attach_camera(camera_config(config), self.state_dir)
+        camera = camera_config(config) if config.camera else None
+        if camera is not None and camera.enabled:
+            sidecars.attach_camera(camera, self.state_dir)
         return sidecars
 
     @staticmethod

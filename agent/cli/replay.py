@@ -12,15 +12,16 @@ from agent.assemble import (
     assemble,
     build_consent,
     collection_plan,
+    decoder_for,
     ensure_state_dir,
     open_store,
     vehicle_identity,
+    watch_consent,
 )
 from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_from_args
 from agent.config import load_config
 from agent.incident.config import incident_config
 from agent.pipeline import BatchingOptions
-from agent.runtime import decoder_for
 from agent.sidecars import Sidecars
 
 
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     consent = build_consent(config, grant_all=args.grant_all, consent_file=args.consent)
     store = open_store(config, Path(args.buffer))
     vehicle_id = vehicle_identity(config, consent.pseudonymizer)
+    watch_consent(consent, store)
     assembly = assemble(decoder, plan, store, consent, vehicle_id, batching)
     pipeline = assembly.pipeline
     sidecars = None

@@ -9,12 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.assemble import assemble, build_consent, collection_plan, open_store
+from agent.assemble import assemble, build_consent, collection_plan, decoder_for, open_store, watch_consent
 from agent.camera.events import parse_event
 from agent.cli.main import main as agent_main
 from agent.config import load_config
 from agent.incident.config import incident_config
-from agent.runtime import decoder_for
 from agent.sidecars import Sidecars
 from agent.sources.log import LogSource
 from simulator.demo.setup import BUNDLED_BUSES, DemoInput, write_config
@@ -49,6 +48,7 @@ def run_incident(workdir: Path, seed: int = 7) -> IncidentResult:
     plan = collection_plan(config)
     store = open_store(config)
     consent = build_consent(config)
+    watch_consent(consent, store)
     assembly = assemble(decoder_for(config, plan), plan, store, consent, config.vehicle.id)
     sidecars = Sidecars(assembly.pipeline, store, consent.policy, config.vehicle.id, notify=lambda: None)
     sidecars.attach_incidents(incident_config(config), config.resolve(config.state.dir))
