@@ -120,9 +120,12 @@ class Sidecars:
             self._unsaved.append(snapshot)
             return
         self.counters.snapshots += 1
-        stored = self.incidents.load(info.id)
-        batches = snapshot_batches(stored, self.policy, self.vehicle_id, self.pipeline.boot_id,
-                                   lambda: self._numbers(INCIDENT_STREAM))
+        batches = []
+        # Without incident consent the snapshot stays in the car: no need to read it back.
+        if self.policy.is_granted("incident"):
+            stored = self.incidents.load(info.id)
+            batches = snapshot_batches(stored, self.policy, self.vehicle_id, self.pipeline.boot_id,
+                                       lambda: self._numbers(INCIDENT_STREAM))
         for batch in batches:
             self._add(batch)
         self.counters.snapshot_batches += len(batches)
