@@ -144,6 +144,9 @@ class AgentRuntime:
     def stop(self) -> None:
         self._stop.set()
 
+    def _backlog_batches(self) -> int:
+        return sum(item.get("batches", 0) for item in self.store.backlog())
+
     def frames_seen(self) -> int:
         return self.pipeline.counters.frames_in
 
@@ -154,7 +157,7 @@ class AgentRuntime:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self._flush_requested.is_set():
-                backlog = sum(item.get("batches", 0) for item in self.store.backlog())
+                backlog = self._backlog_batches()
                 in_flight = self.uplink.state()["in_flight"] if self.uplink is not None else 0
                 if backlog == 0 and in_flight == 0:
                     return True
@@ -332,14 +335,14 @@ class AgentRuntime:
             "rejected": sum(c["frames"] - c["decoded"] - c["filtered"] for c in decode.values()),
             "dropped_at_bus": sum(self.source.dropped.values()),
             "batches_written": snap["batches_written"],
-            "backlog_batches": sum(item.get("batches", 0) for item in self.store.backlog()),
+            "backlog_batches": self._backlog_batches(),
             "rss_mb": round(read_resources().rss_bytes / 1e6, 1),
         }
 
     def status_line(self) -> str:
         snap = self.pipeline.snapshot()
         uplink = self.uplink.state()["state"] if self.uplink is not None else "off"
-        backlog = sum(item.get("batches", 0) for item in self.store.backlog())
+        backlog = self._backlog_batches()
         return (f"frames {snap['frames_in']}, batches {snap['batches_written']}, backlog {backlog}, "
                 f"uplink {uplink}")
 

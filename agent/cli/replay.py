@@ -75,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
             sidecars.flush()
         elapsed = time.perf_counter() - start
         summary = pipeline.snapshot()
-        summary["privacy"] = assembly.privacy.counters.as_dict() if hasattr(assembly.privacy.counters, "as_dict") \
-            else vars(assembly.privacy.counters)
+        summary["privacy"] = assembly.privacy.counters.as_dict()
         summary["store"] = store.counters()
         if sidecars is not None:
             summary["incidents"] = sidecars.counters.as_dict()
