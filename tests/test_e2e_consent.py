@@ -66,6 +66,8 @@ def upload(tmp_path, config, broker, expected_batches):
             assert wait_until(lambda: receiver.report()["status"], timeout=30)
             receiver.wait_quiet(1.0, timeout=5)
         report = receiver.report()
+        # The retained status as it stands while the agent runs (a clean stop replaces it with "offline").
+        report["status_payloads"] = dict(receiver.store.query("SELECT vehicle, payload FROM status"))
     finally:
         assert stop_agent(agent) == 0
         receiver.stop()
@@ -82,6 +84,11 @@ def test_default_consent_uploads_no_personal_sample(tmp_path, shared_data, mosqu
     # Only the agent's own status left, and it carries no personal data.
     status = report["status"]["test-truck-7"]
     assert status == "online"
+    health = json.loads(report["status_payloads"]["test-truck-7"])["health"]
+    # The agent's own counters, nothing of any signal.
+    assert set(health) == {"uptime_s", "frames", "decoded", "rejected", "dropped_at_bus", "batches_written",
+                           "backlog_batches", "rss_mb"}
+    assert health["backlog_batches"] == 0 and health["batches_written"] == 0
 
 
 @pytest.mark.parametrize("level", ["city", "geohash5", "geohash6", "round3"])
