@@ -9,7 +9,8 @@ Kinds: ``consent_change``, ``upload`` (category, signal count, time range,
 transform level, bytes, payload hash, broker host), ``purge``,
 ``may_have_left`` (batches purged while handed to MQTT without an
 acknowledgement), ``remote_refused`` (a network attempt to widen consent),
-``export``.  Entries carry counts, hashes and names only, never a signal value,
+``export``, ``ledger_repair`` (a torn last line moved aside) and ``ledger_gap``
+(entries that could not be written at once).  Entries carry counts, hashes and names only, never a signal value,
 a position or the VIN: ``append`` refuses fields that look like personal values.
 
 ``verify()`` re-checks every hash, sequence number and link and names the first
@@ -18,34 +19,40 @@ small head file (``ledger.head``: last seq and its line hash) also catches
 lines cut off the end.  The chain proves the file was not changed after the
 fact by accident or by a careless edit; someone able to rewrite the whole file
 and the head could forge a new chain, which is why exports carry the head hash.
+
+A power cut mid-append leaves a partial last line.  It is never kept nor dropped
+in silence: the next append (or ``repair()``, run by ``Ledger.in_dir``) moves the
+bytes to ``ledger.torn-<time>-<n>.bin``, cuts the file back to its last complete
+line and writes a ``ledger_repair`` entry saying so; the chain goes on from there.
+A full disk, an I/O error or a read-only file system does not make ``append``
+raise: the entry waits in memory (``blocked``) and ``flush_deferred()`` writes a
+``ledger_gap`` entry, then the waiting entries in order, once the file is writable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.privacy.durable import append_synced, ensure_private_dir, file_lock, write_replace
+from agent.ledger_chain import GENESIS, LedgerEntry, VerifyResult, canonical, sha256_hex, verify_bytes
+from agent.ledger_recovery import MAX_DEFERRED, DeferredWrites, save_torn
+from agent.privacy import durable
+from agent.privacy.durable import ensure_private_dir, file_lock, truncate_synced
+
+log = logging.getLogger(__name__)
 
 LEDGER_FILE = "ledger.jsonl"
-GENESIS = "0" * 64
-KINDS = ("consent_change", "upload", "purge", "may_have_left", "remote_refused", "export")
+KINDS = ("consent_change", "upload", "purge", "may_have_left", "remote_refused", "export", "ledger_repair",
+         "ledger_gap")
+RETRY_INTERVAL_S = 1.0  # an append while blocked tries to flush at most this often
 # Field names that would mean a raw personal value is being written.
 FORBIDDEN_FIELDS = frozenset({"latitude", "longitude", "lat", "lon", "position", "vin", "values", "value",
                               "payload", "altitude"})
-
-
-def _canonical(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _sorted_ids(ids: Iterable[int | str]) -> list[int | str]:
@@ -66,95 +73,221 @@ def _check_fields(fields: Any, path: str = "fields") -> None:
         raise ValueError(f"ledger: {path} must be plain JSON data, got {type(fields).__name__}")
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    seq: int
-    time: float
-    kind: str
-    fields: dict[str, Any]
-    prev: str
-    hash: str
-
-    def content(self) -> dict[str, Any]:
-        return {"seq": self.seq, "time": self.time, "kind": self.kind, "fields": self.fields, "prev": self.prev}
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.content(), "hash": self.hash}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LedgerEntry:
-        return cls(int(data["seq"]), float(data["time"]), str(data["kind"]), dict(data["fields"]), str(data["prev"]),
-                   str(data["hash"]))
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    entries: int  # lines checked
-    line: int | None = None  # first bad line (1-based)
-    seq: int | None = None
-    problem: str | None = None
-
-    def __str__(self) -> str:
-        if self.ok:
-            return f"ledger intact: {self.entries} entries, hash chain and sequence verified"
-        where = f"line {self.line}" if self.line else "end of file"
-        return f"ledger damaged at {where}: {self.problem}"
-
-
 class Ledger:
-    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+    """Thread-safe (one lock per instance) and process-safe (a lock file).  ``monotonic`` paces the
+    flush attempts of appends made while blocked; ``max_deferred`` bounds the entries kept meanwhile."""
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time, *,
+                 monotonic: Callable[[], float] = time.monotonic, max_deferred: int = MAX_DEFERRED) -> None:
         self.path = Path(path)
         self.head_path = self.path.with_suffix(".head")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.clock = clock
+        self.monotonic = monotonic
         self._tail: tuple[int, int, str] | None = None  # (file size, last seq, sha256 of last line)
+        self._lock = threading.Lock()
+        self._waiting = DeferredWrites(max_deferred)
+        self._last_try = float("-inf")
+        self._last_problem = ""  # said once, not at every flush attempt
 
     @classmethod
-    def in_dir(cls, state_dir: str | Path, clock: Callable[[], float] = time.time) -> Ledger:
-        return cls(Path(state_dir) / LEDGER_FILE, clock)
+    def in_dir(cls, state_dir: str | Path, clock: Callable[[], float] = time.time, *, repair: bool = True,
+               **options: Any) -> Ledger:
+        """The ledger of a state directory; a torn last line is repaired now (best effort: when it cannot be,
+        the next append tries again)."""
+        ledger = cls(Path(state_dir) / LEDGER_FILE, clock, **options)
+        if repair and ledger.path.exists():
+            try:
+                ledger.repair()
+            except (OSError, ValueError) as exc:
+                log.warning("%s: cannot check or repair the ledger now: %s", ledger.path, exc)
+        return ledger
+
+    # -- state ----------------------------------------------------------------------
+    @property
+    def blocked(self) -> bool:
+        """True while entries wait in memory (or were lost) because the file could not be written."""
+        return self._waiting.blocked
+
+    @property
+    def deferred(self) -> int:
+        """How many entries wait in memory."""
+        return len(self._waiting.entries)
+
+    @property
+    def lost(self) -> int:
+        """How many entries were dropped (the waiting queue was full) and are not yet in a gap entry."""
+        return sum(self._waiting.lost.values())
 
     # -- writing -------------------------------------------------------------------
-    def append(self, kind: str, fields: dict[str, Any]) -> LedgerEntry:
+    def append(self, kind: str, fields: dict[str, Any], *, defer: bool = True) -> LedgerEntry | None:
+        """Write one entry (durable when this returns it).  An unknown kind or a personal-looking field
+        raises ValueError.  With ``defer`` (the default) an OSError does not raise: the entry waits in
+        memory, behind any already waiting, and None is returned; ``defer=False`` raises it."""
         if kind not in KINDS:
             raise ValueError(f"ledger: unknown entry kind {kind!r} (known: {', '.join(KINDS)})")
         _check_fields(fields)
+        when = round(self.clock(), 6)
+        with self._lock:
+            if self.blocked:
+                if not defer or self.monotonic() - self._last_try >= RETRY_INTERVAL_S:
+                    self._flush_locked()
+                if self.blocked:
+                    if not defer:
+                        raise OSError(self._waiting.error_code(),
+                                      f"{self.path}: the ledger cannot be written now ({self._waiting.error})")
+                    self._waiting.add(kind, fields, when)
+                    return None
+            try:
+                return self._write_locked(kind, fields)
+            except OSError as exc:
+                if not defer:
+                    raise
+                self._failed(exc, when)
+                self._waiting.add(kind, fields, when)
+                return None
+
+    def flush_deferred(self) -> bool:
+        """Write what waits in memory, after a ``ledger_gap`` entry; True when nothing waits any more.
+        Cheap when nothing waits: call it periodically."""
+        with self._lock:
+            return self._flush_locked()
+
+    def repair(self) -> LedgerEntry | None:
+        """Move a torn last line aside and record it (``ledger_repair``); None when there was none.
+        Raises OSError when the file cannot be written (when only the entry could not be, it waits first
+        among the deferred ones), ValueError when the line before the torn one is not an entry (an edit:
+        ``verify`` reports it, nothing is changed).  The first append does the same on its own."""
+        if not self._torn():
+            return None  # the common case, without writing anything (not even the lock file)
+        with self._lock:
+            ensure_private_dir(self.path.parent)
+            with file_lock(self.lock_path):
+                self._tail = None
+                return self._read_tail()[1]
+
+    def _torn(self) -> bool:
+        try:
+            with self.path.open("rb") as handle:
+                if handle.seek(0, 2) == 0:
+                    return False
+                handle.seek(-1, 2)
+                return handle.read(1) != b"\n"
+        except FileNotFoundError:
+            return False
+
+    # -- internals (self._lock held) ----------------------------------------------------
+    def _failed(self, exc: OSError, when: float) -> None:
+        self._last_try = self.monotonic()
+        if self._waiting.failed(exc, when):
+            log.warning("%s: cannot write the ledger (%s): keeping up to %d entries in memory until it can be",
+                        self.path, exc, self._waiting.limit)
+
+    def _flush_locked(self) -> bool:
+        waiting = self._waiting
+        if not waiting.blocked:
+            return True
+        self._last_try = self.monotonic()
+        written = 0
+        try:
+            gap = waiting.gap_fields(round(self.clock(), 6))
+            if gap is not None:
+                self._write_locked("ledger_gap", gap)
+                waiting.gap_done()
+            while waiting.entries:
+                kind, fields, when = waiting.entries[0]
+                self._write_locked(kind, {**fields, "deferred_at": when})
+                waiting.entries.popleft()
+                written += 1
+        except OSError as exc:
+            self._failed(exc, round(self.clock(), 6))
+            return False
+        except ValueError as exc:  # the last line was edited meanwhile: keep waiting (verify says where)
+            if str(exc) != self._last_problem:
+                log.warning("%s: cannot write the deferred ledger entries: %s", self.path, exc)
+            self._last_problem = str(exc)
+            return False
+        log.info("%s: the ledger is writable again: %d deferred entries written after a gap entry", self.path,
+                 written)
+        waiting.cleared()
+        self._last_problem = ""
+        return True
+
+    def _write_locked(self, kind: str, fields: dict[str, Any]) -> LedgerEntry:
         ensure_private_dir(self.path.parent)
         with file_lock(self.lock_path):
-            size, seq, prev = self._read_tail()
-            entry = LedgerEntry(seq + 1, round(self.clock(), 6), kind, fields, prev, "")
-            entry = LedgerEntry(entry.seq, entry.time, kind, fields, prev, _sha256(_canonical(entry.content())))
-            line = _canonical(entry.to_json())
-            append_synced(self.path, line + b"\n")
-            line_hash = _sha256(line)
-            self._tail = (size + len(line) + 1, entry.seq, line_hash)
-            write_replace(self.head_path, _canonical({"seq": entry.seq, "line_sha256": line_hash}) + b"\n")
+            return self._emit(kind, fields)
+
+    def _emit(self, kind: str, fields: dict[str, Any], tail: tuple[int, int, str] | None = None) -> LedgerEntry:
+        size, seq, prev = tail if tail is not None else self._read_tail()[0]
+        entry = LedgerEntry(seq + 1, round(self.clock(), 6), kind, fields, prev, "")
+        entry = LedgerEntry(entry.seq, entry.time, kind, fields, prev, sha256_hex(canonical(entry.content())))
+        line = canonical(entry.to_json())
+        try:
+            durable.append_synced(self.path, line + b"\n")
+        except OSError:
+            self._undo_partial(size)
+            raise
+        line_hash = sha256_hex(line)
+        self._tail = (size + len(line) + 1, entry.seq, line_hash)
+        try:
+            durable.write_replace(self.head_path, canonical({"seq": entry.seq, "line_sha256": line_hash}) + b"\n")
+        except OSError as exc:  # the line is written; a head behind the file still verifies, the next append fixes it
+            log.warning("%s: entry %d written but the head file could not be updated: %s", self.path, entry.seq, exc)
         return entry
 
-    def _read_tail(self) -> tuple[int, int, str]:
+    def _undo_partial(self, size: int) -> None:
+        """An append that failed may have left part of its line: cut it (the entry itself is kept to retry)."""
+        self._tail = None
+        try:
+            if self.path.stat().st_size > size:
+                truncate_synced(self.path, size)
+        except OSError:
+            pass  # left as a torn line: repaired (moved aside and recorded) by the next write
+
+    def _read_tail(self) -> tuple[tuple[int, int, str], LedgerEntry | None]:
+        """(file size, last seq, last line hash), repairing a torn last line first (then also its entry)."""
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
-            return 0, 0, GENESIS
+            return (0, 0, GENESIS), None
         if self._tail is not None and self._tail[0] == size:
-            return self._tail
+            return self._tail, None
         data = self.path.read_bytes()  # someone else appended (or first use): find the last line
-        lines = data.rstrip(b"\n").split(b"\n")
-        last = lines[-1] if lines and lines[-1] else b""
-        if not last:
-            return size, 0, GENESIS
-        if not data.endswith(b"\n"):
-            raise ValueError(f"{self.path}: the last line is incomplete; run `vehicle-agent ledger verify`")
+        cut = data.rfind(b"\n") + 1
+        last = data[:cut].rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        seq, last_hash = 0, GENESIS
+        if last:
+            try:
+                seq, last_hash = int(json.loads(last)["seq"]), sha256_hex(last)
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{self.path}: the last line is not a ledger entry; run `vehicle-agent ledger "
+                                 "verify`") from None
+        self._tail = (cut, seq, last_hash)
+        if cut == len(data):
+            return self._tail, None
+        repaired = self._repair_torn(data[cut:], cut, seq)
+        return self._tail, repaired
+
+    def _repair_torn(self, torn: bytes, cut: int, seq: int) -> LedgerEntry:
+        moved_to = save_torn(self.path, torn, int(self.clock()))
+        truncate_synced(self.path, cut)
+        fields: dict[str, Any] = {"moved_bytes": len(torn), "moved_to": moved_to.name, "after_seq": seq}
+        head = self.head()
+        if head is not None and isinstance(head.get("seq"), int) and head["seq"] > seq:
+            fields["head_seq"] = head["seq"]  # the head counted an entry that is not in the file any more
+        log.warning("%s: the last line was incomplete (%d bytes, a write cut off): moved to %s, the ledger goes on "
+                    "after seq %d", self.path, len(torn), moved_to, seq)
         try:
-            seq = int(json.loads(last)["seq"])
-        except (ValueError, KeyError, TypeError):
-            raise ValueError(f"{self.path}: the last line is not a ledger entry; run `vehicle-agent ledger verify`") \
-                from None
-        self._tail = (size, seq, _sha256(last))
-        return self._tail
+            return self._emit("ledger_repair", fields, self._tail)
+        except OSError as exc:  # the bytes are moved: the entry saying so must not be lost, it goes first
+            when = round(self.clock(), 6)
+            self._waiting.entries.appendleft(("ledger_repair", fields, when))
+            self._failed(exc, when)
+            raise
 
     # Typed helpers, so callers cannot put a raw value in by accident.
-    def record_consent_change(self, change: Any) -> LedgerEntry:
+    def record_consent_change(self, change: Any) -> LedgerEntry | None:
         detail = {k: v for k, v in change.detail.items() if k in ("expiry", "expires_at", "level", "was", "purpose",
                                                                   "zone", "radius_m", "ended", "revoked",
                                                                   "location_off_at_ignition", "from_version")}
@@ -164,28 +297,28 @@ class Ledger:
 
     def record_upload(self, batch_id: int | str, payload: bytes, categories: Collection[str], signal_count: int,
                       time_range: tuple[float, float], level: str | None, broker: str, consent_version: int,
-                      stream: str = "", bench: bool = False) -> LedgerEntry:
+                      stream: str = "", bench: bool = False) -> LedgerEntry | None:
         return self.append("upload", {"batch": batch_id, "stream": stream, "categories": sorted(categories),
                                       "signals": signal_count, "first": time_range[0], "last": time_range[1],
-                                      "level": level, "bytes": len(payload), "sha256": _sha256(payload),
+                                      "level": level, "bytes": len(payload), "sha256": sha256_hex(payload),
                                       "broker": broker, "consent_version": consent_version, "bench": bench})
 
     def record_purge(self, categories: Collection[str], batch_ids: Iterable[int | str], reason: str,
-                     consent_version: int | None = None, nbytes: int | None = None) -> LedgerEntry:
+                     consent_version: int | None = None, nbytes: int | None = None) -> LedgerEntry | None:
         ids = _sorted_ids(batch_ids)
         return self.append("purge", {"categories": sorted(categories), "batches": len(ids), "batch_ids": ids,
                                      "reason": reason, "consent_version": consent_version, "bytes": nbytes})
 
     def record_may_have_left(self, batch_ids: Iterable[int | str], categories: Collection[str],
-                             reason: str) -> LedgerEntry:
+                             reason: str) -> LedgerEntry | None:
         ids = _sorted_ids(batch_ids)
         return self.append("may_have_left", {"batch_ids": ids, "batches": len(ids),
                                              "categories": sorted(categories), "reason": reason})
 
-    def record_remote_refused(self, action: str, category: str | None, reason: str) -> LedgerEntry:
+    def record_remote_refused(self, action: str, category: str | None, reason: str) -> LedgerEntry | None:
         return self.append("remote_refused", {"action": action[:40], "category": category, "reason": reason})
 
-    def record_export(self, **fields: Any) -> LedgerEntry:
+    def record_export(self, **fields: Any) -> LedgerEntry | None:
         return self.append("export", fields)
 
     # -- reading -------------------------------------------------------------------
@@ -225,54 +358,6 @@ class Ledger:
                                                           "were written")
             return VerifyResult(True, 0)
         return verify_bytes(data, self.head())
-
-
-def _parse(line: bytes) -> LedgerEntry | None:
-    try:
-        entry = LedgerEntry.from_json(json.loads(line))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return entry
-
-
-def verify_bytes(data: bytes, head: dict[str, Any] | None = None) -> VerifyResult:
-    """Check a ledger's bytes (and its head record): the first problem found, with its line."""
-    if data and not data.endswith(b"\n"):
-        count = data.count(b"\n") + 1
-        return VerifyResult(False, count - 1, count, None, "the last line is incomplete (cut off or edited)")
-    lines = data.split(b"\n")[:-1] if data else []
-    entries = [_parse(line) for line in lines]
-    prev_hash, expected = GENESIS, 1
-    for number, (line, entry) in enumerate(zip(lines, entries), 1):
-        if entry is None:
-            return VerifyResult(False, number - 1, number, None, "not a valid ledger entry (edited)")
-        if _sha256(_canonical(entry.content())) != entry.hash:
-            return VerifyResult(False, number - 1, number, entry.seq,
-                                f"entry seq {entry.seq} does not match its own hash (edited)")
-        if entry.seq != expected:
-            later = {e.seq for e in entries[number:] if e is not None}
-            if entry.seq < expected or expected in later:
-                problem = f"entry seq {entry.seq} where seq {expected} was expected (lines reordered)"
-            else:
-                missing = f"seq {expected}" if entry.seq == expected + 1 else f"seq {expected}..{entry.seq - 1}"
-                problem = f"{missing} missing before this line (deleted)"
-            return VerifyResult(False, number - 1, number, entry.seq, problem)
-        if entry.prev != prev_hash:
-            return VerifyResult(False, number - 1, number, entry.seq,
-                                "does not chain to the line before it (the previous line was edited or replaced)")
-        prev_hash, expected = _sha256(line), expected + 1
-    count = len(lines)
-    if head is not None:
-        head_seq = int(head.get("seq", -1)) if isinstance(head.get("seq"), int) else -1
-        if head_seq < 0:
-            return VerifyResult(False, count, None, None, "the head file is unreadable")
-        if head_seq > count:
-            return VerifyResult(False, count, None, head_seq,
-                                f"entries seq {count + 1}..{head_seq} are missing at the end (deleted)")
-        if head_seq >= 1 and _sha256(lines[head_seq - 1]) != head.get("line_sha256"):
-            return VerifyResult(False, count, head_seq, head_seq, "line does not match the hash kept in the head "
-                                                                  "file (replaced)")
-    return VerifyResult(True, count)
 
 
 __all__ = ["GENESIS", "KINDS", "LEDGER_FILE", "Ledger", "LedgerEntry", "VerifyResult", "verify_bytes"]

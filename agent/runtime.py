@@ -20,33 +20,16 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from agent.assemble import (
-    Consent,
-    assemble,
-    build_consent,
-    collection_plan,
-    decoder_for,
-    open_store,
-    vehicle_identity,
-    watch_consent,
-)
-from agent.camera.config import camera_config
 from agent.config import AgentConfig, load_config
 from agent.control import CommandRegistry, ControlServer, control_socket_path
-from agent.incident.config import incident_config
+from agent.flow.build import BuildOptions, DataPath, build, build_data_path
 from agent.model import ALL_CATEGORIES
-from agent.pipeline import BatchingOptions, Pipeline
 from agent.privacy.commands import consent_commands
 from agent.privacy.remote import handle_remote_command
 from agent.service.resources import read_resources
 from agent.service.sdnotify import Notifier, ProgressWatchdog
-from agent.service.statedir import prepare_state_dir
-from agent.sidecars import Sidecars
 from agent.sources.live import LiveSource, bus_kwargs_from_config, open_bus
-from agent.uplink.config import uplink_config
-from agent.uplink.mqtt import Uplink
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 1.0
@@ -61,9 +44,6 @@ class AgentRuntime:
         """``bench_grant_all`` is only for the demo replaying a log (bench data); ``run`` never sets it."""
         self.config_path = Path(config_path)
         self.config: AgentConfig = load_config(self.config_path)
-        self.state_dir = self.config.resolve(self.config.state.dir)
-        # Owner-only state (0700), keys 0600; a world-writable state dir is refused.
-        prepare_state_dir(self.state_dir)
         self.notifier = notifier or Notifier.from_environ()
         self.started_at = time.time()
         self._stop = threading.Event()
@@ -74,44 +54,25 @@ class AgentRuntime:
         self.bus_rates: dict[str, float] = {}
         self.reloads = {"ok": 0, "rejected": 0, "last_error": None}
         self.store_counters_at_stop: dict = {}
-        self.store = open_store(self.config)
-        self.consent: Consent = build_consent(self.config, grant_all=bench_grant_all, consent_file=consent_file,
-                                              live=not bench_grant_all)
-        self.vehicle_id = vehicle_identity(self.config, self.consent.pseudonymizer)
-        self.uplink: Uplink | None = None
-        up = uplink_config(self.config)
         self._remote_commands: queue.Queue[bytes] = queue.Queue(maxsize=64)
-        if up is not None:
-            self.uplink = Uplink(up, self.store, self.vehicle_id, on_command=self._queue_remote_command,
-                                 health=self.health, on_delivered=self._record_upload)
-        # Once per process, not per pipeline: a reload must not add a second purge handler.
-        watch_consent(self.consent, self.store, self.uplink)
-        self.pipeline, self.privacy = self._build_pipeline(self.config)
-        self.sidecars = self._build_sidecars(self.config, self.pipeline)
+        self._options = BuildOptions(live=not bench_grant_all, grant_all=bench_grant_all, consent_file=consent_file,
+                                     uplink=True, on_command=self._queue_remote_command, health=self.health)
+        stages = build(self.config, self._options)
+        self.core = stages.core
+        self.store, self.consent, self.uplink = self.core.store, self.core.consent, self.core.uplink
+        self.vehicle_id = self.core.vehicle_id
+        # Owner-only state (0700), keys 0600; a world-writable state dir is refused (``build`` checks it).
+        self.state_dir = self.core.state_dir
+        self._use(stages.path)
         self.source = source or self._open_buses(self.config)
         self.control = ControlServer(control_socket_path(self.state_dir), self._commands())
         self.watchdog = ProgressWatchdog.from_environ(self.notifier, status=self.status_line)
 
+    def _use(self, path: DataPath) -> None:
+        self.path = path
+        self.pipeline, self.privacy, self.sidecars = path.pipeline, path.privacy, path.sidecars
+
     # -- building ------------------------------------------------------------------
-    def _build_pipeline(self, config: AgentConfig) -> tuple[Pipeline, Any]:
-        plan = collection_plan(config)
-        decoder = decoder_for(config, plan)
-        batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes)
-        assembly = assemble(decoder, plan, self.store, self.consent, self.vehicle_id, batching)
-        if self.uplink is not None:
-            assembly.pipeline.batch_listeners.append(lambda _id, _batch: self.uplink.notify())
-        return assembly.pipeline, assembly.privacy
-
-    def _build_sidecars(self, config: AgentConfig, pipeline: Pipeline) -> Sidecars:
-        notify = self.uplink.notify if self.uplink is not None else (lambda: None)
-        sidecars = Sidecars(pipeline, self.store, self.consent.policy, self.vehicle_id, notify)
-        if config.incidents:
-            sidecars.attach_incidents(incident_config(config), self.state_dir)
-        camera = camera_config(config) if config.camera else None
-        if camera is not None and camera.enabled:
-            sidecars.attach_camera(camera, self.state_dir)
-        return sidecars
-
     @staticmethod
     def _open_buses(config: AgentConfig) -> LiveSource:
         if not config.buses:
@@ -194,18 +155,6 @@ class AgentRuntime:
         finally:
             self._shutdown()
 
-    def _record_upload(self, batch: Any, broker: str) -> None:
-        """Uplink thread, on PUBACK: the owner's ledger of what left the car (no values, only facts)."""
-        ledger = self.consent.ledger
-        if ledger is None:
-            return
-        header = batch.header
-        level = self.consent.policy.level("location") if "location" in batch.categories else None
-        ledger.record_upload(batch.id, bytes(batch.payload), batch.categories, int(header.get("samples", 0)),
-                             (header.get("t_min"), header.get("t_max")), level, broker,
-                             int(header.get("consent_version", 0)), stream=batch.stream,
-                             bench=bool(header.get("bench", False)))
-
     def _queue_remote_command(self, payload: bytes) -> None:
         """MQTT network thread: hand the command to the pipeline thread (a full queue drops it)."""
         try:
@@ -247,6 +196,7 @@ class AgentRuntime:
             self._reload()
         self.pipeline.tick()
         self.consent.policy.tick()
+        self.core.gate.ready()  # writes what the ledger deferred as soon as it can
         self.sidecars.poll(time.time())
         self.watchdog.progress()
         now = time.monotonic()
@@ -263,7 +213,7 @@ class AgentRuntime:
         self.notifier.reloading("reloading configuration")
         try:
             config = load_config(self.config_path)
-            pipeline, privacy = self._build_pipeline(config)
+            path = build_data_path(config, self.core, self._options)
         except (ValueError, OSError) as exc:
             self.reloads["rejected"] += 1
             self.reloads["last_error"] = str(exc)
@@ -274,11 +224,12 @@ class AgentRuntime:
         self.sidecars.flush()
         self.sidecars.close()
         # Counters are the agent's, not the pipeline's: they go on across a reload.
+        pipeline = path.pipeline
         pipeline.counters = self.pipeline.counters
         pipeline.decoder.counters = self.pipeline.decoder.counters
         pipeline.decoder.message_counts = self.pipeline.decoder.message_counts
-        self.config, self.pipeline, self.privacy = config, pipeline, privacy
-        self.sidecars = self._build_sidecars(config, pipeline)
+        self.config = config
+        self._use(path)
         self.reloads["ok"] += 1
         log.info("configuration reloaded from %s", self.config_path)
         self.notifier.ready(self.status_line())
@@ -316,13 +267,22 @@ class AgentRuntime:
             "consent": {"version": policy.version,
                         "granted": sorted(c for c in ALL_CATEGORIES if policy.is_granted(c))},
             "sidecars": self.sidecars.counters.as_dict(),
+            "gate": self.core.gate.counters.as_dict(),
+            "ledger": self._ledger_state(),
             "reloads": dict(self.reloads),
         }
+
+    def _ledger_state(self) -> dict:
+        ledger = self.consent.ledger
+        if ledger is None:
+            return {"state": "none"}
+        return {"state": "blocked" if ledger.blocked else "ok", "deferred": ledger.deferred, "lost": ledger.lost}
 
     def final_report(self) -> dict:
         return {"pipeline": self.pipeline.snapshot(), "buffer": self.store_counters_at_stop,
                 "uplink": self.uplink.state() if self.uplink is not None else None,
-                "sidecars": self.sidecars.counters.as_dict(), "dropped_at_bus": dict(self.source.dropped)}
+                "sidecars": self.sidecars.counters.as_dict(), "gate": self.core.gate.counters.as_dict(),
+                "dropped_at_bus": dict(self.source.dropped)}
 
     def health(self) -> dict:
         """The agent's own health for the status topic: counters only, nothing personal."""

@@ -21,11 +21,11 @@ from pathlib import Path
 import can
 from common import REAL_PAIRS, SHARED_DATA  # benchmarks/common.py puts the repo on sys.path
 
-from agent.assemble import assemble, build_consent, collection_plan
-from agent.buffer.store import BatchStore
 from agent.cli.main import main as agent_main
 from agent.dbc import load_dbc
 from agent.decode import ALL_DBCS, Decoder
+from agent.flow.build import BuildOptions, build
+from agent.flow.parts import collection_plan
 from agent.sources.log import LogSource
 
 TARGET = 100_000
@@ -42,15 +42,15 @@ def pipeline_only(path: Path, dbcs: list[Path], workdir: Path) -> float:
     frames = list(LogSource(path))
     plan = collection_plan(None)
     decoder = Decoder({ALL_DBCS: [load_dbc(p) for p in dbcs]}, wanted=plan.wants)
-    store = BatchStore(workdir / "pipeline.sqlite")
-    assembly = assemble(decoder, plan, store, build_consent(None, grant_all=True), "bench")
-    feed = assembly.pipeline.feed
+    stages = build(None, BuildOptions(grant_all=True, buffer=workdir / "pipeline.sqlite", decoder=decoder))
+    pipeline = stages.path.pipeline
+    feed = pipeline.feed
     start = time.perf_counter()
     for bus, msg in frames:
         feed(bus, msg)
-    assembly.pipeline.flush()
+    pipeline.flush()
     elapsed = time.perf_counter() - start
-    store.close()
+    stages.core.store.close()
     return elapsed
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -14,45 +13,19 @@ from pathlib import Path
 from agent.batch import decode_batch, iter_samples
 from agent.buffer.store import BatchStore
 from agent.privacy import ConsentPolicy, ConsentStore
+from tests.helpers.agent_config import GPS_DBC, J1939_DBC, uplink_lines, write_agent_config
 
 REPO = Path(__file__).resolve().parents[1]
 TRUCK_LOG = "logs/css_truck_j1939_and_canmod_gps.asc"
-J1939_DBC = REPO / "dbc/css-electronics/CSS-Electronics-SAE-J1939-DEMO.dbc"
-GPS_DBC = REPO / "dbc/css-electronics/canmod-gps.dbc"
+# Re-exported: tests import the DBC paths and the uplink section from here.
+__all__ = ["GPS_DBC", "J1939_DBC", "REPO", "TRUCK_LOG", "agent_config", "uplink_lines"]
 
 
 def agent_config(tmp: Path, broker_port: int | None, *, batch_age: float = 10.0, uplink_extra: str = "",
                  extra: str = "", bus_prefix: str = "e2e") -> Path:
     """The truck log's two buses (virtual when live), state in ``tmp/state``, plaintext loopback broker."""
-    lines = [
-        "vehicle: {id: test-truck-7}",
-        "buses:",
-        f"  - {{name: truck, interface: virtual, channel: {bus_prefix}-truck, dbc: [{json.dumps(str(J1939_DBC))}],"
-        " j1939: true, log_channel: '0'}",
-        f"  - {{name: gps, interface: virtual, channel: {bus_prefix}-gps, dbc: [{json.dumps(str(GPS_DBC))}],"
-        " log_channel: '1'}",
-        f"state: {{dir: {json.dumps(str(tmp / 'state'))}}}",
-        f"batching: {{max_age_s: {batch_age}}}",
-    ]
-    if broker_port is not None:
-        lines += uplink_lines(broker_port, uplink_extra)
-    path = tmp / "agent.yaml"
-    path.write_text("\n".join(lines) + "\n" + extra)
-    return path
-
-
-def uplink_lines(broker_port: int, uplink_extra: str = "") -> list[str]:
-    """The uplink section for a plaintext broker on loopback, with quick reconnects."""
-    return [
-        "uplink:",
-        "  region: cn-test",
-        f"  broker: {{host: 127.0.0.1, port: {broker_port}}}",
-        f"  allowed_brokers: [{{host: 127.0.0.1, port: {broker_port}}}]",
-        "  allow_plaintext_loopback: true",
-        "  backoff_min: 0.1",
-        "  backoff_max: 1.0",
-        *[line for line in uplink_extra.splitlines() if line.strip()],
-    ]
+    return write_agent_config(tmp, broker_port=broker_port, batch_age=batch_age, uplink_extra=uplink_extra,
+                              extra=extra, channel_prefix=bus_prefix)
 
 
 def grant(state_dir: Path, categories: dict[str, str | None], expiry: str = "7d", clock=time.time) -> None:

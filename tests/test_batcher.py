@@ -10,6 +10,7 @@ import pytest
 
 from agent.batch import Batcher, BatchError, EncodedBatch, decode_batch, iter_samples
 from agent.model import Row, SignalSpec
+from tests.helpers.clock import FakeClock
 
 
 def _spec(message: str, signal: str, category: str = "driving", scale=1, offset=0) -> SignalSpec:
@@ -21,16 +22,8 @@ SPECS = {s.key: s for s in (_spec("Speed", "v", "driving", 0.01), _spec("Speed",
                             _spec("Batt", "soc", "charging", 0.5, -10), _spec("Gps", "lat", "location"))}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _batcher(out: list, **kwargs) -> Batcher:
-    kwargs.setdefault("clock", FakeClock())
+    kwargs.setdefault("clock", FakeClock(1000.0))
     return Batcher(SPECS, out.append, "veh-7", "boot-x", itertools.count(5).__next__, **kwargs)
 
 
@@ -55,7 +48,7 @@ def test_batches_close_by_data_time_in_either_direction():
 
 def test_tick_closes_by_wall_clock_and_flush_closes_everything():
     out: list[EncodedBatch] = []
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     batcher = _batcher(out, clock=clock)
     batcher.put(_speed(5.0, 1))
     clock.now += 5
@@ -125,25 +118,6 @@ def test_raw_row_with_unknown_signal_is_rejected_without_losing_the_batch():
     batcher.put(_speed(1.2, 3))
     batcher.flush()
     assert out[0].header["rows"] == 2
-
-
-def test_sink_failure_keeps_the_batch_for_a_retry():
-    stored: list[EncodedBatch] = []
-    failing = [True]
-
-    def sink(batch: EncodedBatch) -> None:
-        if failing[0]:
-            raise OSError("disk full")
-        stored.append(batch)
-
-    clock = FakeClock()
-    batcher = Batcher(SPECS, sink, "v", "b", itertools.count().__next__, clock=clock)
-    batcher.put(_speed(1.0, 1))
-    batcher.flush()
-    assert stored == [] and batcher.stats.sink_errors == 1
-    failing[0] = False
-    batcher.tick()
-    assert len(stored) == 1 and stored[0].header["rows"] == 1
 
 
 def test_bad_settings_are_refused():

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
+import re
 import sqlite3
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -13,26 +18,22 @@ import zstandard
 from agent.batch import EncodedBatch, TableData, decode_batch, encode_batch
 from agent.buffer import BatchStore, StoreError
 from agent.cli.main import main as cli_main
+from tests.helpers.clock import FakeClock
 
+REPO = Path(__file__).resolve().parents[1]
 COMPRESSOR = zstandard.ZstdCompressor(level=3)
 
 
 def make_batch(seq: int, stream: str = "telemetry", priority: int = 1, categories=("driving",), rows: int = 200,
-               boot_id: str = "boot-1", seed: int | None = None) -> EncodedBatch:
+               boot_id: str = "boot-1", seed: int | None = None, store_epoch: str | None = None) -> EncodedBatch:
     noise = random.Random(seq if seed is None else seed)
     table = TableData("can0", "M", True, ("a",), [seq + i / 1000 for i in range(rows)],
                       [(noise.randrange(1 << 16),) for _ in range(rows)], [1], [0])
     header = {"vehicle_id": "v", "boot_id": boot_id, "seq": seq, "stream": stream, "priority": priority,
               "categories": sorted(categories), "consent_version": 0, "bench": False, "created": 0.0}
+    if store_epoch is not None:
+        header["store_epoch"] = store_epoch
     return encode_batch(header, [table], COMPRESSOR)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_pending_order_exclude_and_delivery(tmp_path):
@@ -103,7 +104,7 @@ def test_quota_evicts_lowest_priority_then_oldest_and_never_evict_streams_surviv
 
 
 def test_ttl_expiry(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     with BatchStore(tmp_path / "b.db", ttl_s={"debug": 60.0}, clock=clock) as store:
         store.add(make_batch(0, stream="debug"))
         store.add(make_batch(1, stream="telemetry"))
@@ -239,3 +240,113 @@ def test_buffer_status_cli(tmp_path, capsys):
     assert "4 batches" in text and "telemetry" in text and "delivered=1" in text
     assert cli_main(["buffer", "status", "--db", str(tmp_path / "nope.db")]) == 2
     assert "no such buffer database" in capsys.readouterr().err
+
+
+def test_new_store_has_a_random_epoch_kept_across_reopen(tmp_path, caplog):
+    path = tmp_path / "b.db"
+    with caplog.at_level(logging.INFO, logger="agent.buffer.store"), BatchStore(path) as store:
+        epoch = store.epoch
+        assert re.fullmatch(r"[0-9a-f]{16,}", epoch)
+        assert (store.created_new, store.new_reason) == (True, "missing")
+        store.add(make_batch(0, store_epoch=epoch))  # a header carrying this store's epoch is accepted
+    assert any(r.levelno == logging.INFO and f"did not exist: starting a new store, epoch {epoch}" in r.getMessage()
+               for r in caplog.records)
+    with BatchStore(path) as store:
+        assert store.epoch == epoch and (store.created_new, store.new_reason) == (False, None)
+        assert [b.seq for b in store.pending(limit=5)] == [0]
+    with BatchStore(path, read_only=True) as reader:
+        assert reader.epoch == epoch and not reader.created_new
+    with BatchStore(tmp_path / "other.db") as other:
+        assert other.epoch != epoch
+
+
+def test_empty_file_is_a_new_store_said_at_warning(tmp_path, caplog):
+    path = tmp_path / "b.db"
+    with BatchStore(path) as store:
+        old = store.epoch
+        store.add(make_batch(0))
+        assert store.next_seq("boot-1") == 1
+    for leftover in tmp_path.glob("b.db*"):
+        leftover.unlink()
+    path.write_bytes(b"")  # SQLite would take this as a new database without a word
+    with caplog.at_level(logging.INFO, logger="agent.buffer.store"), BatchStore(path) as store:
+        assert store.epoch != old and re.fullmatch(r"[0-9a-f]{16,}", store.epoch)
+        assert (store.created_new, store.new_reason) == (True, "empty")
+        assert store.next_seq("boot-1") == 0  # numbering restarts, but under a new epoch
+        assert store.pending(limit=5) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"buffer {path} was empty (0 bytes): starting a new store, epoch {store.epoch}" in warnings
+
+
+def test_empty_file_next_to_an_old_wal_is_still_a_new_store(tmp_path):
+    path = tmp_path / "b.db"
+    # A writer killed with part of its store only in the -wal file, then the main file emptied.
+    script = ("import os, sys; sys.path.insert(0, sys.argv[2]); from tests.test_buffer import BatchStore, make_batch; "
+              "s = BatchStore(sys.argv[1]); s.add(make_batch(0)); s._db.execute('PRAGMA wal_checkpoint(TRUNCATE)'); "
+              "s.add(make_batch(1)); print(s.epoch, flush=True); os._exit(0)")
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(REPO)], capture_output=True, text=True,
+                          check=True, cwd=REPO)
+    old = done.stdout.strip()
+    assert (tmp_path / "b.db-wal").stat().st_size > 0
+    path.write_bytes(b"")
+    with BatchStore(path) as store:
+        assert store.created_new and store.new_reason == "empty" and store.epoch != old
+        assert store.pending(limit=5) == [] and store.counters()["written"] == 0
+    with BatchStore(path) as store:  # and it stays that new store
+        assert not store.created_new and store.pending(limit=5) == []
+
+
+def test_replaced_file_gets_a_different_epoch(tmp_path):
+    path = tmp_path / "b.db"
+    with BatchStore(path) as store:
+        old = store.epoch
+    for leftover in tmp_path.glob("b.db*"):
+        leftover.unlink()
+    with BatchStore(path) as store:
+        assert store.epoch != old and store.created_new and store.new_reason == "missing"
+    other = tmp_path / "copy.db"
+    with BatchStore(other) as store:
+        third = store.epoch
+    path.unlink()
+    other.rename(path)  # another store's file moved into place: it keeps its own epoch
+    with BatchStore(path) as store:
+        assert store.epoch == third and not store.created_new
+
+
+def test_add_refuses_a_batch_numbered_by_another_store(tmp_path):
+    with BatchStore(tmp_path / "b.db") as store:
+        with pytest.raises(StoreError, match="numbered by store epoch 00112233aabbccdd, this store is epoch"):
+            store.add(make_batch(0, store_epoch="00112233aabbccdd"))
+        assert store.counters()["pending_batches"] == 0
+        store.add(make_batch(0))  # no store_epoch in the header (older writers): accepted
+        assert store.counters()["pending_batches"] == 1
+
+
+def test_old_store_without_epoch_gets_one_on_first_open(tmp_path, caplog):
+    path = tmp_path / "b.db"
+    with BatchStore(path) as store:
+        store.add(make_batch(0))
+        store._db.execute("DELETE FROM meta WHERE key = 'store_epoch'")
+    with BatchStore(path, read_only=True) as reader:
+        assert reader.epoch == ""  # cannot be given one read-only
+    with caplog.at_level(logging.INFO, logger="agent.buffer.store"), BatchStore(path) as store:
+        epoch = store.epoch
+        assert re.fullmatch(r"[0-9a-f]{16}", epoch) and not store.created_new
+        assert [b.seq for b in store.pending(limit=5)] == [0]
+    assert any(f"had no store epoch: assigned epoch {epoch}" in r.getMessage() for r in caplog.records)
+    with BatchStore(path) as store:
+        assert store.epoch == epoch
+
+
+def test_foreign_sqlite_database_is_refused_not_converted(tmp_path):
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(StoreError, match="not a buffer database"):
+        BatchStore(other)
+    tables = {r[0] for r in sqlite3.connect(other).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"t"}
+    bare = tmp_path / "bare.db"  # an SQLite header and no table: a crash while the store was being created
+    sqlite3.connect(bare).execute("PRAGMA journal_mode=WAL").connection.close()
+    assert bare.stat().st_size > 0
+    with BatchStore(bare) as store:
+        assert store.created_new and store.new_reason == "uninitialised"

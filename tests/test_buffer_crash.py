@@ -51,6 +51,7 @@ def test_sigkill_at_random_moments_never_loses_a_committed_batch(tmp_path):
     delivered: set[int] = set()
     maybe_delivered: set[int] = set()
     last_seq = -1
+    epoch = None
     for kill in range(KILLS):
         lines = _run_and_kill(db, "boot-crash", kill, rng.uniform(0.05, 0.6))
         seqs = []
@@ -68,7 +69,10 @@ def test_sigkill_at_random_moments_never_loses_a_committed_batch(tmp_path):
         assert seqs == sorted(seqs)
         last_seq = seqs[-1]
 
-        with BatchStore(db) as store:  # opens cleanly after every kill
+        with BatchStore(db) as store:  # opens cleanly after every kill, always the same store
+            assert not store.created_new
+            epoch = epoch or store.epoch
+            assert store.epoch == epoch
             present = {b.id: b for b in store.pending(limit=1 << 30)}
             counters = store.counters()
         assert counters["quarantined"] == 0

@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent.batch import decode_envelope
+from agent.batch.identity import BatchNumbers
 from agent.buffer.store import BatchStore
 from agent.camera.config import parse_camera
 from agent.camera.events import CameraEventError, event_to_dict, parse_event
@@ -335,7 +336,8 @@ def run_chain(tmp_path: Path, broker, consent: ConsentPolicy, records: list[byte
     def on_event(event):
         outgoing = camera_decision(event, consent)
         if outgoing is not None:
-            batch = camera_batch([outgoing], "truck-1", boot, store.next_seq(boot), consent.version, consent.bench)
+            numbers = BatchNumbers("", boot, store.next_seq(boot))
+            batch = camera_batch([outgoing], "truck-1", numbers, consent.version, consent.bench)
             stored.append(store.add(batch))
 
     watcher = SpoolWatcher(tmp_path / "spool", tmp_path / "quarantine", on_event)

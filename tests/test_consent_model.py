@@ -19,18 +19,11 @@ from agent.privacy.policy import NETWORK, ConsentPolicy
 from agent.privacy.remote import handle_remote_command, narrow_config
 from agent.privacy.store import ConsentStore
 from agent.yamlsrc import ConfigError
+from tests.helpers.clock import FakeClock as Clock
 
 pytestmark = pytest.mark.consent
 
 T0 = 1_750_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -345,7 +338,7 @@ def test_state_file_refuses_forged_cabin_grant(store, clock):
 
 
 def test_batch_allowed_across_a_reload(store, clock):
-    from agent.privacy.purge import batch_allowed
+    from agent.privacy.decision import batch_allowed
 
     agent = ConsentPolicy(store, clock=clock)
     agent.grant("driving", "90d")

@@ -11,6 +11,7 @@ import cantools
 import pytest
 
 from agent.batch import Batcher, decode_batch, iter_samples
+from agent.batch.identity import BatchNumbers
 from agent.buffer.store import BatchStore
 from agent.camera.events import parse_event
 from agent.cli.common import load_catalogs
@@ -315,7 +316,8 @@ def consent(*grants: tuple[str, str | None], zone: tuple[float, float, float] | 
 
 def upload(stored, policy, boot="boot-1", max_bytes=64 * 1024):
     counter = iter(range(1, 1000))
-    return snapshot_batches(stored, policy, "truck-1", boot, lambda: next(counter), max_bytes=max_bytes)
+    return snapshot_batches(stored, policy, "truck-1", lambda: BatchNumbers("", boot, next(counter)),
+                            max_bytes=max_bytes)
 
 
 def test_snapshot_upload_needs_incident_consent_and_coarsens_location(hard_brake):

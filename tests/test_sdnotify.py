@@ -16,6 +16,7 @@ from agent.service.sdnotify import (
     notify_address,
     watchdog_interval,
 )
+from tests.helpers.clock import FakeClock
 
 
 @pytest.fixture
@@ -141,17 +142,9 @@ def test_watchdog_interval_from_the_environment():
         watchdog_interval({"WATCHDOG_USEC": "1", "WATCHDOG_PID": "me"})
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_progress_pings_at_most_every_half_interval_and_only_when_the_loop_turns(listener):
     value, sock = listener
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     watchdog = ProgressWatchdog(Notifier(value), interval=10.0, clock=clock)
     assert watchdog.progress()  # first turn: ping at once
     for _ in range(1000):  # a busy loop turning quickly: no flood
@@ -168,7 +161,7 @@ def test_progress_pings_at_most_every_half_interval_and_only_when_the_loop_turns
 
 def test_progress_sends_status_with_the_ping_only_when_it_changed(listener):
     value, sock = listener
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     summary = {"text": "running: 0 frames"}
     asked = []
 
@@ -194,7 +187,7 @@ def test_progress_sends_status_with_the_ping_only_when_it_changed(listener):
 
 def test_status_alone_when_no_watchdog_is_configured(listener):
     value, sock = listener
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     assert ProgressWatchdog.from_environ(Notifier(value), {}).interval is None
     assert ProgressWatchdog.from_environ(Notifier(value), {"WATCHDOG_USEC": "20000000"}).interval == 20.0
     watchdog = ProgressWatchdog(Notifier(value), None, status=lambda: f"t={clock.now:g}", status_every=5.0,

@@ -16,6 +16,7 @@ from agent.decode import Decoder
 from agent.sources.log import LogSource
 from simulator.socketcand_server import SocketcandServer
 from tests.e2e_support import GPS_DBC, REPO, TRUCK_LOG, agent_command, grant, run_agent, wait_until
+from tests.helpers.agent_config import write_agent_config
 
 
 def gps_frames(shared_data, count):
@@ -29,11 +30,8 @@ def gps_frames(shared_data, count):
 
 
 def config_text(tmp_path, port, max_age):
-    return (f"vehicle: {{id: service-test}}\n"
-            f"buses:\n  - {{name: gps, interface: socketcand, channel: gps, dbc: [{json.dumps(str(GPS_DBC))}],"
-            f" options: {{host: 127.0.0.1, port: {port}}}}}\n"
-            f"state: {{dir: {json.dumps(str(tmp_path / 'state'))}}}\n"
-            f"batching: {{max_age_s: {max_age}}}\n")
+    return write_agent_config(tmp_path, buses="socketcand", sim_port=port, batch_age=max_age, only=("gps",),
+                              vehicle="{id: service-test}", log_channels=False, name=".config-text.yaml").read_text()
 
 
 def expected_driving_samples(frames):

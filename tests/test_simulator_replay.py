@@ -16,6 +16,7 @@ import can
 import pytest
 
 from simulator.replay import Pacer, ReplayError, ReplayOptions, open_target, replay
+from tests.helpers.clock import FakeClock
 
 logging.getLogger("can.interfaces.socketcand").setLevel(logging.ERROR)
 
@@ -140,26 +141,13 @@ def test_speed_10_replays_ten_seconds_in_about_one(shared_data):
     assert report.elapsed >= 1.0  # never early: 10.84 s / 10
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def test_pacer_never_sleeps_negative_and_survives_a_clock_reset(shared_data):
     frames = original(shared_data / KONA_RESET)
     stamps = [m.timestamp for m in frames]
     reset = next(i for i in range(1, len(stamps)) if stamps[i] < stamps[i - 1])
     assert stamps[reset - 1] - stamps[reset] > 22  # 22.36 s -> -0.36 s
     expected = (stamps[reset - 1] - stamps[0]) + (max(stamps[reset:]) - stamps[reset])
-    fake = FakeClock()
+    fake = FakeClock(100.0)
     pacer = Pacer(speed=2.0, clock=fake.clock, sleep=fake.sleep)
     for stamp in stamps:
         pacer.wait(stamp)
@@ -172,7 +160,7 @@ def test_pacer_never_sleeps_negative_and_survives_a_clock_reset(shared_data):
 def test_pacer_sends_interleaved_backward_steps_at_once_without_drift(shared_data):
     stamps = [m.timestamp for m in original(shared_data / KONA)]
     assert sum(b < a for a, b in itertools.pairwise(stamps)) == 1845
-    fake = FakeClock()
+    fake = FakeClock(100.0)
     pacer = Pacer(speed=1.0, clock=fake.clock, sleep=fake.sleep)
     for stamp in stamps:
         pacer.wait(stamp)

@@ -13,6 +13,11 @@ One open batch per stream.  A batch closes when
   halves until every part fits, so ``max_bytes`` is a hard limit);
 * ``flush()`` is called (shutdown).
 
+The batcher does not number batches or store them: ``numbering(stream)`` gives
+each closed batch its identity (``agent.batch.identity``) and ``sink`` takes it
+(in the agent, the one store writer, ``agent.flow.writer``, which also keeps
+what the store refused for a retry).
+
 On the hot path ``put`` appends one timestamp and one tuple per row; columns
 are built only when a batch closes.  A Batcher is used from one thread (the
 pipeline's); the sink it calls (the store) is the thread-safe part.
@@ -23,7 +28,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,7 @@ from pathlib import Path
 import zstandard
 
 from agent.batch.format import DEFAULT_LEVEL, BatchError, EncodedBatch, TableData, dictionary_id, encode_batch
+from agent.batch.identity import BatchNumbers
 from agent.model import UNCLASSIFIED, Row, SignalSpec
 
 log = logging.getLogger(__name__)
@@ -41,8 +46,6 @@ BatchSink = Callable[[EncodedBatch], None]
 INITIAL_BYTES_PER_SAMPLE = 0.25
 # Close a little before the estimate reaches max_bytes: the estimate is an average.
 SIZE_MARGIN = 0.8
-# Batches the sink refused, kept for a retry on the next tick/flush.
-MAX_RETRY = 16
 
 
 def current_boot_id() -> str:
@@ -81,15 +84,13 @@ class BatcherStats:
     rows: int = 0
     batches: int = 0
     splits: int = 0
-    sink_errors: int = 0
-    dropped_batches: int = 0
 
 
 class Batcher:
     """Groups rows per stream into batches; see the module docstring for when they close.
 
-    ``seq_source()`` returns the next sequence number for ``boot_id`` (the store's
-    ``next_seq`` keeps it monotonic across restarts).  ``clock`` is the wall
+    ``numbering(stream)`` gives a closed batch its identity; without it, ``seq_source()``
+    numbers batches within ``boot_id`` (tests, benchmarks).  ``clock`` is the wall
     clock used for ``tick`` (monotonic) and ``created_clock`` stamps headers.
     """
 
@@ -98,8 +99,8 @@ class Batcher:
         specs: Mapping[str, SignalSpec],
         sink: BatchSink,
         vehicle_id: str,
-        boot_id: str,
-        seq_source: Callable[[], int],
+        boot_id: str = "",
+        seq_source: Callable[[], int] | None = None,
         max_age_s: float = 10.0,
         max_bytes: int = 65536,
         clock: Callable[[], float] = time.monotonic,
@@ -110,7 +111,7 @@ class Batcher:
         bench: bool = False,
         max_samples: int = 2_000_000,
         created_clock: Callable[[], float] = time.time,
-        stream_seq_source: Callable[[str], int] | None = None,
+        numbering: Callable[[str], BatchNumbers] | None = None,
     ) -> None:
         if max_age_s <= 0:
             raise ValueError(f"max_age_s must be positive, got {max_age_s}")
@@ -120,8 +121,11 @@ class Batcher:
         self.sink = sink
         self.vehicle_id = vehicle_id
         self.boot_id = boot_id
-        self.seq_source = seq_source
-        self.stream_seq_source = stream_seq_source
+        if numbering is None:
+            if seq_source is None:
+                raise ValueError("a Batcher needs numbering or seq_source")
+            numbering = _counting(boot_id, seq_source)
+        self.numbering = numbering
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
         self.clock = clock
@@ -132,8 +136,6 @@ class Batcher:
         self.stats = BatcherStats()
         self._open: dict[str, _OpenBatch] = {}
         self._bytes_per_sample: dict[str, float] = {}
-        self._retry: deque[EncodedBatch] = deque()
-        self._sink_failing = False
         self._dictionary_id = dictionary_id(dictionary) if dictionary else None
         zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary else None
         self._compressor = zstandard.ZstdCompressor(level=level, dict_data=zdict)
@@ -184,7 +186,6 @@ class Batcher:
     def tick(self, now: float | None = None) -> int:
         """Close batches open for ``max_age_s`` of wall-clock time; returns how many closed."""
         now = self.clock() if now is None else now
-        self._retry_sink()
         due = [b for b in self._open.values() if now - b.opened >= self.max_age_s]
         for batch in due:
             self._close(batch)
@@ -192,11 +193,16 @@ class Batcher:
 
     def flush(self) -> int:
         """Close every open batch (shutdown); returns how many closed."""
-        self._retry_sink()
         batches = list(self._open.values())
         for batch in batches:
             self._close(batch)
         return len(batches)
+
+    def consent_changed(self, version: int) -> None:
+        """Rows from now on were filtered under consent ``version``: close what is open (each batch carries
+        exactly one consent version)."""
+        self.flush()
+        self.consent_version = version
 
     def _close(self, batch: _OpenBatch) -> None:
         del self._open[batch.stream]
@@ -228,18 +234,15 @@ class Batcher:
         return data
 
     def _emit(self, stream: str, priority: int, categories: list[str], tables: list[TableData],
-              numbers: tuple[int, int | None] | None = None) -> None:
+              numbers: BatchNumbers | None = None) -> None:
         # A split batch keeps its numbers for the first half, so the receiver sees no gap.
         if numbers is None:
-            numbers = (self.seq_source(), self.stream_seq_source(stream) if self.stream_seq_source else None)
-        seq, stream_seq = numbers
+            numbers = self.numbering(stream)
         header = {
-            "vehicle_id": self.vehicle_id, "boot_id": self.boot_id, "seq": seq, "stream": stream,
+            "vehicle_id": self.vehicle_id, **numbers.header_fields(), "stream": stream,
             "priority": priority, "categories": categories or [UNCLASSIFIED], "consent_version": self.consent_version,
             "bench": self.bench, "created": self.created_clock(),
         }
-        if stream_seq is not None:
-            header["stream_seq"] = stream_seq
         encoded = encode_batch(header, tables, self._compressor, self._dictionary_id)
         if len(encoded.payload) > self.max_bytes and sum(len(t.rows) for t in tables) > 1:
             self.stats.splits += 1
@@ -251,36 +254,18 @@ class Batcher:
         previous = self._bytes_per_sample.get(stream)
         self._bytes_per_sample[stream] = per_sample if previous is None else 0.5 * (previous + per_sample)
         self.stats.batches += 1
-        self._deliver(encoded)
-
-    def _deliver(self, encoded: EncodedBatch) -> None:
-        try:
-            self.sink(encoded)
-        except Exception as exc:  # the store may be full or failing: keep the batch for a retry
-            self.stats.sink_errors += 1
-            # One line when storing starts failing (and when it recovers), not one per batch per tick:
-            # a full disk must not also fill the journal.
-            if not self._sink_failing:
-                log.warning("batch %s/%s not stored, will retry: %s", encoded.stream, encoded.seq, exc)
-            self._sink_failing = True
-            if len(self._retry) >= MAX_RETRY:
-                lost = self._retry.popleft()
-                self.stats.dropped_batches += 1
-                log.error("batch %s/%s dropped: %d batches already wait for the store", lost.stream, lost.seq,
-                          MAX_RETRY)
-            self._retry.append(encoded)
-        else:
-            if self._sink_failing:
-                log.warning("storing batches works again (%d waiting)", len(self._retry))
-            self._sink_failing = False
-
-    def _retry_sink(self) -> None:
-        for _ in range(len(self._retry)):
-            self._deliver(self._retry.popleft())
+        self.sink(encoded)
 
     def open_streams(self) -> dict[str, int]:
         """Samples waiting per stream (for status output)."""
         return {stream: batch.samples for stream, batch in self._open.items()}
+
+
+def _counting(boot_id: str, seq_source: Callable[[], int]) -> Callable[[str], BatchNumbers]:
+    def number(_stream: str) -> BatchNumbers:
+        return BatchNumbers("", boot_id, seq_source())
+
+    return number
 
 
 def _halves(tables: list[TableData]) -> tuple[list[TableData], list[TableData]]:

@@ -32,7 +32,7 @@ DEFAULT_LEVEL = 19
 # A decompressed body larger than this is refused (a corrupt or hostile frame
 # must not exhaust memory); 64 KiB of zstd rarely expands beyond a few MiB.
 MAX_BODY_BYTES = 256 * 1024 * 1024
-HEADER_FIELDS = ("schema", "vehicle_id", "boot_id", "seq", "stream", "stream_seq",
+HEADER_FIELDS = ("schema", "vehicle_id", "store_epoch", "boot_id", "seq", "stream", "stream_seq",
                  "priority", "categories", "consent_version",
                  "bench", "t_min", "t_max", "rows", "samples", "created", "zstd_dict", "sha256")
 

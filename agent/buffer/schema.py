@@ -9,6 +9,8 @@ SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
 COUNTERS = ("written", "delivered", "evicted", "expired", "quarantined", "purged", "over_quota", "duplicates")
 # Quarantined payloads are kept for forensics, but only the most recent ones.
 QUARANTINE_KEEP = 64
+# meta key of the store's random epoch (agent/buffer/epoch.py).
+EPOCH_KEY = "store_epoch"
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -10,6 +10,10 @@ Every read checks each row's SHA-256 over the whole payload (stored at
 ``add``) and that the envelope's header matches the row; a row that fails is
 moved to the ``quarantine`` table, counted and skipped, never fatal.
 
+Each store has a random ``epoch`` (agent/buffer/epoch.py): a missing, 0-byte
+or replaced buffer file is a new store with a new epoch (logged), and ``add``
+refuses a batch whose header names another store's epoch.
+
 All methods are thread-safe: one connection, one lock (the MQTT uplink calls
 ``mark_delivered`` from paho's network thread).
 """
@@ -26,15 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.batch.format import BatchError, EncodedBatch, decode_envelope
-from agent.buffer.schema import (
-    COUNTERS,
-    QUARANTINE_KEEP,
-    SCHEMA_SQL,
-    STORE_SCHEMA,
-    SYNCHRONOUS_MODES,
-    StoredBatch,
-    StoreError,
-)
+from agent.buffer.epoch import open_store_db
+from agent.buffer.schema import QUARANTINE_KEEP, SYNCHRONOUS_MODES, StoredBatch, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -75,36 +72,22 @@ class BatchStore:
         self._issued: dict[str, int] = {}
         # Rows that failed a check in read-only mode (cannot be moved): skip them.
         self._bad_ids: set[int] = set()
-        self._db = self._connect(synchronous)
+        opened = open_store_db(self.path, synchronous, read_only)
+        self._db = opened.db
+        self.epoch: str = opened.epoch  # random per store: batch identity is (store_epoch, boot_id, seq)
+        self.created_new: bool = opened.created_new  # the file was missing, empty or never initialised
+        self.new_reason: str | None = opened.new_reason  # "missing", "empty", "uninitialised" or None
         self._bytes = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM batches").fetchone()[0]
-
-    def _connect(self, synchronous: str) -> sqlite3.Connection:
-        try:
-            if self.read_only:
-                if not self.path.is_file():
-                    raise StoreError(f"{self.path}: no such buffer database")
-                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
-                                     isolation_level=None)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(f"PRAGMA synchronous={synchronous}")
-                db.executescript(SCHEMA_SQL)
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('store_schema', ?)", (str(STORE_SCHEMA),))
-                db.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(n,) for n in COUNTERS])
-            has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
-            version = db.execute("SELECT value FROM meta WHERE key = 'store_schema'").fetchone() if has_meta else None
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot open buffer database: {exc}") from None
-        if version is None or version[0] != str(STORE_SCHEMA):
-            raise StoreError(f"{self.path}: not a buffer database of schema {STORE_SCHEMA}")
-        return db
 
     # -- writing --------------------------------------------------------------------------
     def add(self, batch: EncodedBatch) -> int:
-        """Commit a batch (durable when this returns); returns its row id."""
+        """Commit a batch (durable when this returns); returns its row id.  A header carrying a
+        ``store_epoch`` other than this store's is refused (it was numbered by another store)."""
         header = batch.header
+        foreign = header.get("store_epoch")
+        if foreign is not None and foreign != self.epoch:
+            raise StoreError(f"{self.path}: batch {header.get('boot_id')}/{header.get('seq')} was numbered by "
+                             f"store epoch {foreign}, this store is epoch {self.epoch or '(none)'}")
         digest = hashlib.sha256(batch.payload).digest()
         row = (header["stream"], header["priority"], ",".join(header["categories"]), header["boot_id"],
                header["seq"], self.clock(), header["samples"], len(batch.payload), digest, batch.payload)
@@ -157,6 +140,16 @@ class BatchStore:
                 size = self._delete(batch_id)
                 if size is not None:
                     self._count("delivered")
+
+    def purge_ids(self, ids: Collection[int]) -> list[int]:
+        """Delete these unsent batches (refused at the last consent check); returns the ids deleted."""
+        with self._lock:
+            self._writable()
+            with self._transaction():
+                deleted = [batch_id for batch_id in sorted(set(ids)) if self._delete(batch_id) is not None]
+                if deleted:
+                    self._count("purged", len(deleted))
+            return deleted
 
     def purge(self, categories: Collection[str] | Callable[[StoredBatch], bool] | None = None,
               predicate: Callable[[StoredBatch], bool] | None = None) -> list[int]:

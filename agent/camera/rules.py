@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.camera.events import CameraEvent
-from agent.privacy.transforms import ZoneCircle, coarsen, in_any_zone
+from agent.privacy.decision import position_form
 
 CAMERA_STREAM = "camera"
 # Telemetry campaigns default to priority 0; camera events go first, incidents before them.
@@ -37,6 +37,9 @@ class ConsentLike(Protocol):
 
     def level(self, category: str) -> str | None: ...
 
+    @property
+    def view(self) -> Any: ...
+
 
 @dataclass(frozen=True)
 class Outgoing:
@@ -49,17 +52,12 @@ class Outgoing:
     categories: frozenset[str]
 
 
-def _zones(policy: ConsentLike) -> tuple[ZoneCircle, ...]:
-    view = getattr(policy, "view", None)
-    return tuple(getattr(view, "zones", ()) or ())
-
-
 def camera_decision(event: CameraEvent, policy: ConsentLike, now: float | None = None) -> Outgoing | None:
     """The record to upload for ``event``, or None when it stays in the car."""
     if not event.exterior:
         return None
     when = policy.clock() if now is None else now
-    if not policy.is_granted("camera", when):
+    if not policy.view.is_granted("camera", when):
         return None
     metadata_only = event.shows_people_or_plates and not event.anonymised
     record: dict[str, Any] = {
@@ -84,16 +82,11 @@ def camera_decision(event: CameraEvent, policy: ConsentLike, now: float | None =
 
 
 def _location(event: CameraEvent, policy: ConsentLike, now: float) -> dict[str, Any] | None:
-    if event.location is None or not policy.is_granted("location", now):
+    if event.location is None:
         return None
-    lat, lon = event.location.lat, event.location.lon
-    zones = _zones(policy)
-    if zones and in_any_zone(zones, lat, lon):
+    view = policy.view
+    form = position_form(view, event.location.lat, event.location.lon, now)
+    if form is None:
         return None
-    level = policy.level("location")
-    if level is None:
-        if not policy.bench:
-            return None  # granted without a level cannot happen; fail closed if it does
-        return {"lat": lat, "lon": lon, "level": "exact (bench)"}
-    lat, lon = coarsen(lat, lon, level)
-    return {"lat": lat, "lon": lon, "level": level}
+    level = view.level("location") or "exact (bench)"
+    return {"lat": form[0], "lon": form[1], "level": level}

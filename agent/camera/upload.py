@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import zstandard
 
 from agent.batch.format import DEFAULT_LEVEL, EncodedBatch, TableData, encode_batch
+from agent.batch.identity import BatchNumbers
 from agent.camera.rules import CAMERA_PRIORITY, CAMERA_STREAM, Outgoing
 
 NUMERIC_FIELDS = ("faces", "plates", "anonymised", "metadata_only")
@@ -32,8 +33,7 @@ def _numbers(outgoing: Outgoing) -> dict[str, int | float]:
     return values
 
 
-def camera_batch(outgoing: Sequence[Outgoing], vehicle_id: str, boot_id: str, seq: int | tuple[int, int],
-                 consent_version: int,
+def camera_batch(outgoing: Sequence[Outgoing], vehicle_id: str, numbers: BatchNumbers, consent_version: int,
                  bench: bool = False, clock: Callable[[], float] = time.time,
                  level: int = DEFAULT_LEVEL) -> EncodedBatch:
     """One batch of camera events (each already passed ``camera_decision``)."""
@@ -51,12 +51,8 @@ def camera_batch(outgoing: Sequence[Outgoing], vehicle_id: str, boot_id: str, se
         table.timestamps.append(item.timestamp)
         table.rows.append(tuple(values.values()))
     categories = sorted(set().union(*(item.categories for item in outgoing)))
-    # seq may come with the camera stream's own number: (seq, stream_seq).
-    seq, stream_seq = seq if isinstance(seq, tuple) else (seq, None)
-    header = {"vehicle_id": vehicle_id, "boot_id": boot_id, "seq": seq, "stream": CAMERA_STREAM,
+    header = {"vehicle_id": vehicle_id, **numbers.header_fields(), "stream": CAMERA_STREAM,
               "priority": CAMERA_PRIORITY, "categories": categories, "consent_version": consent_version,
               "bench": bench, "created": clock(),
               "camera_events": [item.record for item in sorted(outgoing, key=lambda o: o.timestamp)]}
-    if stream_seq is not None:
-        header["stream_seq"] = stream_seq
     return encode_batch(header, list(tables.values()), zstandard.ZstdCompressor(level=level))

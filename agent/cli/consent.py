@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,16 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 def call_direct(state_dir: Path, config: ConsentConfig, cmd: str, request: dict[str, Any]) -> Any:
     """Run a consent command on the state files (agent stopped), writing the ledger as the agent would."""
     policy = ConsentPolicy(ConsentStore.in_dir(state_dir), config, clock=time.time)
-    if cmd != "consent.show" and cmd != "consent.zones.list":
-        # Buffered batches are purged by the agent at start-up (purge_ungranted).
-        policy.on_change(consent_change_handler(None, None, Ledger.in_dir(state_dir)))
-    return commands.consent_commands(policy)[cmd](**request)
+    if cmd == "consent.show" or cmd == "consent.zones.list":
+        return commands.consent_commands(policy)[cmd](**request)
+    # Buffered batches are purged by the agent at start-up (purge_ungranted).
+    ledger = Ledger.in_dir(state_dir)
+    policy.on_change(consent_change_handler(None, None, ledger))
+    result = commands.consent_commands(policy)[cmd](**request)
+    if not ledger.flush_deferred():  # this process ends now: what the ledger could not take would be lost
+        print(f"vehicle-agent consent: warning: the change is in force, but the ledger ({ledger.path}) could not "
+              f"be written; {ledger.deferred} entries are not recorded", file=sys.stderr)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:

@@ -70,7 +70,8 @@ def describe(entry: LedgerEntry) -> str:
 
 def run(args: argparse.Namespace) -> int:
     state_dir, _ = state_from_args(args)
-    ledger = Ledger.in_dir(state_dir)
+    # verify only reads: a torn last line is reported, not repaired (the agent repairs it when it opens the ledger)
+    ledger = Ledger.in_dir(state_dir, repair=args.action != "verify")
     if args.action == "verify":
         result = ledger.verify()
         if args.json:

@@ -8,21 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from agent.assemble import (
-    assemble,
-    build_consent,
-    collection_plan,
-    decoder_for,
-    ensure_state_dir,
-    open_store,
-    vehicle_identity,
-    watch_consent,
-)
 from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_from_args
 from agent.config import load_config
-from agent.incident.config import incident_config
-from agent.pipeline import BatchingOptions
-from agent.sidecars import Sidecars
+from agent.flow.build import BuildOptions, build
+from agent.flow.parts import collection_plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,24 +35,13 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else None
     if config is None and not args.dbc:
         raise ValueError("give --dbc FILE... or --config FILE")
-    plan = collection_plan(config)
-    decoder = decoder_from_args(args, wanted=plan.wants) if args.dbc else decoder_for(config, plan)
-    batching = BatchingOptions()
-    if config is not None:
-        batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes)
-    if args.batch_age:
-        batching.max_age_s = args.batch_age
-    consent = build_consent(config, grant_all=args.grant_all, consent_file=args.consent)
-    store = open_store(config, Path(args.buffer))
-    vehicle_id = vehicle_identity(config, consent.pseudonymizer)
-    watch_consent(consent, store)
-    assembly = assemble(decoder, plan, store, consent, vehicle_id, batching)
-    pipeline = assembly.pipeline
-    sidecars = None
-    if config is not None and config.incidents:
-        # Incident snapshots from the log, kept in the state dir as on the vehicle.
-        sidecars = Sidecars(pipeline, store, consent.policy, vehicle_id, notify=lambda: None)
-        sidecars.attach_incidents(incident_config(config), ensure_state_dir(config.resolve(config.state.dir)))
+    # DBCs on the command line decode only what the plan reads; with a config, build picks the decoder.
+    decoder = decoder_from_args(args, wanted=collection_plan(config).wants) if args.dbc else None
+    stages = build(config, BuildOptions(grant_all=args.grant_all, consent_file=args.consent,
+                                        buffer=Path(args.buffer), decoder=decoder, batch_age_s=args.batch_age))
+    store, pipeline, path = stages.core.store, stages.path.pipeline, stages.path
+    sidecars = path.sidecars if path.sidecars.recorder is not None else None
+    consent = stages.core.consent
     source = log_source_from_args(args, config)
     start = time.perf_counter()
     try:
@@ -75,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             sidecars.flush()
         elapsed = time.perf_counter() - start
         summary = pipeline.snapshot()
-        summary["privacy"] = assembly.privacy.counters.as_dict()
+        summary["privacy"] = path.privacy.counters.as_dict()
         summary["store"] = store.counters()
         if sidecars is not None:
             summary["incidents"] = sidecars.counters.as_dict()

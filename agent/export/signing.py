@@ -18,6 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.privacy.durable import ensure_private_dir
+
 KEY_FILE = "vehicle-signing-key.pem"
 
 
@@ -28,7 +30,7 @@ class SigningKeyError(ValueError):
 def load_or_create_key(state_dir: str | Path) -> Ed25519PrivateKey:
     """The vehicle key from ``state_dir``; generated (0600) if there is none yet."""
     state = Path(state_dir)
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(state)
     path = state / KEY_FILE
     if not path.exists():
         _create(path)

@@ -28,14 +28,24 @@ from typing import Any, Protocol
 import zstandard
 
 from agent.batch.format import DEFAULT_LEVEL, EncodedBatch, TableData, encode_batch
+from agent.batch.identity import BatchNumbers
 from agent.incident.store import StoredSnapshot
 from agent.model import DecodedFrame, SignalSpec
-from agent.privacy.filter import LATITUDE_VSS, LONGITUDE_VSS, category_of
-from agent.privacy.transforms import ZoneCircle, in_any_zone, latitude_coarsener, longitude_coarsener
+from agent.privacy.decision import (
+    DROP,
+    INCIDENT,
+    LATITUDE,
+    NEVER_IN_INCIDENTS,
+    POSITION_PATHS,
+    category_of,
+    location_suppressed,
+    position_coarseners,
+    signal_action,
+)
 
-INCIDENT_STREAM = "incident"
+INCIDENT_STREAM = INCIDENT
 INCIDENT_PRIORITY = 100  # above camera events (50) and telemetry (0)
-NEVER_LEAVE = frozenset({"cabin", "identity", "unclassified"})
+_TRIAL = BatchNumbers("", "", 0)  # numbers of a trial encoding that only measures the size
 
 
 class PolicyLike(Protocol):
@@ -43,29 +53,24 @@ class PolicyLike(Protocol):
 
     def is_granted(self, category: str, now: float | None = None) -> bool: ...
 
-    def level(self, category: str) -> str | None: ...
+    @property
+    def view(self) -> Any: ...
 
     @property
     def version(self) -> int: ...
 
 
-def _zones(policy: PolicyLike) -> tuple[ZoneCircle, ...]:
-    return tuple(getattr(getattr(policy, "view", None), "zones", ()) or ())
-
-
 class _Shaper:
-    """Per message: which signals leave, and how (raw value, or coarsened physical)."""
+    """Per frame: which signals leave, and how (raw value, or coarsened physical position).  What may leave
+    is ``agent.privacy.decision``'s call; this only picks the snapshot's categories and lays out values."""
 
     def __init__(self, specs: Mapping[str, SignalSpec], categories: Sequence[str], policy: PolicyLike,
                  now: float) -> None:
         self.specs = specs
-        self.categories = frozenset(categories) - NEVER_LEAVE
-        self.location = "location" in self.categories and policy.is_granted("location", now)
-        level = policy.level("location")
-        self.exact = policy.bench and level is None
-        self.coarse = {LATITUDE_VSS: latitude_coarsener(level) if level else None,
-                       LONGITUDE_VSS: longitude_coarsener(level) if level else None}
-        self.zones = _zones(policy)
+        self.categories = frozenset(categories) - NEVER_IN_INCIDENTS
+        self.view = policy.view
+        self.now = now
+        self.coarse = position_coarseners(self.view)
         self.latitude = self.longitude = float("nan")
 
     def shape(self, frame: DecodedFrame) -> tuple[dict, dict]:
@@ -75,36 +80,27 @@ class _Shaper:
         prefix = frame.message + "."
         found = [(name, value, self.specs.get(prefix + name)) for name, value in frame.raw.items()]
         for _name, value, spec in found:  # the frame's own position decides the zone check
-            if spec is not None and spec.vss_path in (LATITUDE_VSS, LONGITUDE_VSS):
+            if spec is not None and spec.vss_path in POSITION_PATHS:
                 self._track(spec, spec.to_physical(value))
         for name, value, spec in found:
-            category = category_of(spec)  # latitude/longitude count as location whatever the catalog says
-            if spec is None or category not in self.categories:
+            if spec is None or category_of(spec) not in self.categories:
                 continue
-            if category != "location":
+            action = signal_action(self.view, spec, self.now, incident=True)
+            if action == DROP:
+                continue
+            if category_of(spec) != "location":
                 raw[name] = value
                 continue
-            if not self.location or spec.vss_path not in self.coarse or self._in_zone():
+            if self.coarse is None or location_suppressed(self.view, self.latitude, self.longitude):
                 continue
-            coarsen = self.coarse[spec.vss_path]
-            if coarsen is not None:
-                physical[name] = coarsen(spec.to_physical(value))
-            elif self.exact:
-                physical[name] = spec.to_physical(value)
+            physical[name] = self.coarse[0 if action == LATITUDE else 1](spec.to_physical(value))
         return raw, physical
 
     def _track(self, spec: SignalSpec, value: float) -> None:
-        if spec.vss_path == LATITUDE_VSS:
+        if spec.vss_path == POSITION_PATHS[0]:
             self.latitude = value
         else:
             self.longitude = value
-
-    def _in_zone(self) -> bool:
-        if not self.zones:
-            return False
-        if self.latitude != self.latitude or self.longitude != self.longitude:
-            return True  # position unknown while zones exist: fail closed
-        return in_any_zone(self.zones, self.latitude, self.longitude)
 
 
 def _tables(frames: list[tuple[DecodedFrame, dict, dict]], specs: Mapping[str, SignalSpec]) -> list[TableData]:
@@ -126,8 +122,8 @@ def _tables(frames: list[tuple[DecodedFrame, dict, dict]], specs: Mapping[str, S
     return list(tables.values())
 
 
-def snapshot_batches(stored: StoredSnapshot, policy: PolicyLike, vehicle_id: str, boot_id: str,
-                     seq_source: Callable[[], int | tuple[int, int]],
+def snapshot_batches(stored: StoredSnapshot, policy: PolicyLike, vehicle_id: str,
+                     numbering: Callable[[], BatchNumbers],
                      max_bytes: int = 256 * 1024, now: float | None = None,
                      clock: Callable[[], float] = time.time, level: int = DEFAULT_LEVEL) -> list[EncodedBatch]:
     """The snapshot's upload batches; empty without ``incident`` consent (it then stays in the car)."""
@@ -149,26 +145,21 @@ def snapshot_batches(stored: StoredSnapshot, policy: PolicyLike, vehicle_id: str
                             "triggers": [hit.name for hit in info.triggers], "start": info.start, "end": info.end,
                             "complete": info.complete}
 
-    def header(part: int, parts: int, seq: int | tuple[int, int]) -> dict:
-        # seq may come with the incident stream's own number: (seq, stream_seq).
-        seq, stream_seq = seq if isinstance(seq, tuple) else (seq, None)
-        fields = {"vehicle_id": vehicle_id, "boot_id": boot_id, "seq": seq, "stream": INCIDENT_STREAM,
-                  "priority": INCIDENT_PRIORITY, "categories": categories, "consent_version": policy.version,
-                  "bench": policy.bench, "created": clock(), "incident": {**meta, "part": part, "parts": parts}}
-        if stream_seq is not None:
-            fields["stream_seq"] = stream_seq
-        return fields
+    def header(part: int, parts: int, numbers: BatchNumbers) -> dict:
+        return {"vehicle_id": vehicle_id, **numbers.header_fields(), "stream": INCIDENT_STREAM,
+                "priority": INCIDENT_PRIORITY, "categories": categories, "consent_version": policy.version,
+                "bench": policy.bench, "created": clock(), "incident": {**meta, "part": part, "parts": parts}}
 
     # Split by time until every part fits; then number the parts and encode them for real.
     chunks = [shaped]
     fitted: list[list] = []
     while chunks:
         chunk = chunks.pop(0)
-        trial = encode_batch(header(0, 0, 0), _tables(chunk, stored.specs), compressor)
+        trial = encode_batch(header(0, 0, _TRIAL), _tables(chunk, stored.specs), compressor)
         if len(trial.payload) <= max_bytes or len(chunk) == 1:
             fitted.append(chunk)
         else:
             middle = len(chunk) // 2
             chunks[:0] = [chunk[:middle], chunk[middle:]]
-    return [encode_batch(header(index, len(fitted), seq_source()), _tables(chunk, stored.specs), compressor)
+    return [encode_batch(header(index, len(fitted), numbering()), _tables(chunk, stored.specs), compressor)
             for index, chunk in enumerate(fitted, start=1)]

@@ -30,28 +30,26 @@ from dataclasses import dataclass
 
 from agent.model import UNCLASSIFIED, Row, RowSink, SignalSpec
 from agent.privacy.consent import ConsentChange
+from agent.privacy.decision import (
+    DROP,
+    LATITUDE,
+    LATITUDE_VSS,
+    LONGITUDE,
+    LONGITUDE_VSS,
+    PSEUDONYM,
+    category_of,
+    location_suppressed,
+    position_coarseners,
+    signal_action,
+    unknown_signal_action,
+)
 from agent.privacy.policy import ConsentPolicy, ConsentView
 from agent.privacy.pseudonym import Pseudonymizer
-from agent.privacy.transforms import in_any_zone, latitude_coarsener, longitude_coarsener
 
 log = logging.getLogger(__name__)
 
-LATITUDE_VSS = "Vehicle.CurrentLocation.Latitude"
-LONGITUDE_VSS = "Vehicle.CurrentLocation.Longitude"
-
-# Actions per signal.
-KEEP, DROP, LATITUDE, LONGITUDE, PSEUDONYM = range(5)
-
 VersionCallback = Callable[[list[ConsentChange]], None]
 _NEVER = math.inf
-
-
-def category_of(spec: SignalSpec | None) -> str:
-    if spec is None:
-        return UNCLASSIFIED
-    if spec.vss_path in (LATITUDE_VSS, LONGITUDE_VSS):
-        return "location"
-    return spec.category
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,19 +193,15 @@ class PrivacyFilter:
                 self._longitude = float(value)
 
     def _in_zone(self, view: ConsentView) -> bool:
-        latitude, longitude = self._latitude, self._longitude
-        if latitude != latitude or longitude != longitude:
-            return True  # no position yet: fail closed while zones exist
-        return in_any_zone(view.zones, latitude, longitude)
+        return location_suppressed(view, self._latitude, self._longitude)
 
     # -- plans --------------------------------------------------------------------------
     def _switch(self, view: ConsentView, notify: bool = True) -> None:
         previous = self._view.version
         self._view = view
         self._plans.clear()
-        level = view.level("location")
-        self._coarsen_latitude = latitude_coarsener(level) if level else _identity
-        self._coarsen_longitude = longitude_coarsener(level) if level else _identity
+        # Bench mode keeps location at full precision (``signal_action`` then never asks for a transform).
+        self._coarsen_latitude, self._coarsen_longitude = position_coarseners(view) or (_identity, _identity)
         if notify and self.on_version_change is not None and view.version != previous:
             self.on_version_change(self.policy.changes_since(previous))
 
@@ -230,26 +224,16 @@ class PrivacyFilter:
                      physical, any(c == "location" for _, c in kept), latitude, longitude)
 
     def _action(self, spec: SignalSpec, category: str, view: ConsentView, now: float) -> int:
-        if not view.is_granted(category, now):
-            return DROP
-        if category == "identity":
-            if self.pseudonymizer is None:
-                if not self._warned_no_pseudonymizer:
-                    log.warning("identity is granted but no pseudonym key is loaded: identity signals are dropped")
-                    self._warned_no_pseudonymizer = True
-                return DROP
-            return PSEUDONYM
-        if category == "location" and not view.bench:
-            if spec.vss_path == LATITUDE_VSS:
-                return LATITUDE
-            if spec.vss_path == LONGITUDE_VSS:
-                return LONGITUDE
-            return DROP  # only coarsened latitude/longitude ever leave
-        return KEEP
+        action = signal_action(view, spec, now, can_pseudonymize=self.pseudonymizer is not None)
+        if action == DROP and category == "identity" and self.pseudonymizer is None and \
+                view.is_granted(category, now) and not self._warned_no_pseudonymizer:
+            log.warning("identity is granted but no pseudonym key is loaded: identity signals are dropped")
+            self._warned_no_pseudonymizer = True
+        return action
 
     def _unplanned(self, plan: _Plan, name: str) -> tuple[int, str, SignalSpec | None]:
         # A signal the specs do not know: unclassified (dropped unless bench mode).
-        entry = (KEEP if self._view.bench and not plan.physical else DROP, UNCLASSIFIED, None)
+        entry = (unknown_signal_action(self._view) if not plan.physical else DROP, UNCLASSIFIED, None)
         plan.actions[name] = entry
         return entry
 

@@ -6,26 +6,25 @@ and because they may already be on the broker, the ledger records them as
 ``may_have_left``.  Batches acknowledged before the purge are uploads (the
 ledger has them as such); nothing can call those back.
 
-Wiring (see ``docs/privacy.md``)::
+Order, fail safe (docs/privacy.md, "When the ledger cannot be written"): the
+purge happens first and is recorded second.  A ledger that cannot be written
+(full disk, a torn line) never stops a purge: the ledger keeps the entry and
+writes it as soon as it can, and meanwhile nothing is uploaded (the consent
+gate, ``agent.flow.gate``, holds every batch while the ledger is blocked).  A
+store that cannot delete (a failing disk) does not let the batches out either:
+the gate checks each batch against the live consent right before it is
+published and refuses what a revocation covers.
 
-    batcher = Batcher(..., sink=consent_guarded_sink(policy, store.add),
-                      consent_version=policy.version, bench=policy.bench)
-    policy.on_change(consent_change_handler(store, uplink, ledger))      # purge at once, any thread
-    def new_version(changes):                                             # pipeline thread, next row
-        batcher.flush()            # old-version batches: the guarded sink drops the revoked ones
-        batcher.consent_version = privacy_filter.consent_version
-    privacy_filter = PrivacyFilter(policy, specs, batcher, pseudonymizer, on_version_change=new_version)
-    purge_ungranted(policy, store, uplink, ledger)                        # at start-up
-
-The guarded sink checks a closing batch against the consent *under the
-policy's lock*, and every change purges under the same lock, so a batch is
-either stored before a revocation (and purged by it) or refused after it.
+Every purged batch is also cancelled in the uplink (``forget``): one the sender
+has read but not yet published (paced by the rate limit, queued, retried) is
+never sent.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Sequence
+import sqlite3
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,35 +72,55 @@ def purged_categories(changes: Iterable[ConsentChange]) -> frozenset[str]:
 def apply_revocation(categories: Collection[str], store: PurgeableStore, uplink: InFlightTracker | None,
                      ledger: Ledger | None, reason: str = "revoke", consent_version: int | None = None,
                      record_empty: bool = True) -> PurgeReport:
-    """Purge the store and the uplink's in-flight window of ``categories`` and write it to the ledger."""
+    """Purge the store of ``categories``, cancel those batches in the uplink, then write it to the ledger."""
     wanted = frozenset(categories)
     if not wanted:
         return PurgeReport(wanted, (), ())
     # In flight before *and* after the delete: a batch picked up by the sender
     # while the delete ran shows up in the second snapshot.
     in_flight = set(uplink.in_flight_ids()) if uplink is not None else set()
-    purged = tuple(sorted(store.purge(categories=wanted)))
+    try:
+        purged = tuple(sorted(store.purge(categories=wanted)))
+    except (OSError, sqlite3.Error, ValueError) as exc:  # StoreError is a ValueError
+        # The batches stay on disk, but none of them leaves: the consent gate refuses them at publish time.
+        log.error("purge of %s failed: %s; the uplink refuses those batches when it would send them",
+                  ",".join(sorted(wanted)), exc)
+        purged = ()
     if uplink is not None:
         in_flight |= set(uplink.in_flight_ids())
-    may_have_left = tuple(sorted(set(purged) & in_flight))
-    if uplink is not None and may_have_left:
-        uplink.forget(may_have_left)
+        if purged:
+            uplink.forget(purged)  # also cancels what the sender has read but not yet published
+    report = PurgeReport(wanted, purged, tuple(sorted(set(purged) & in_flight)))
     if ledger is not None and (purged or record_empty):
-        ledger.record_purge(wanted, purged, reason, consent_version)
-        if may_have_left:
-            ledger.record_may_have_left(may_have_left, wanted,
-                                        "handed to MQTT before the purge, acknowledgement not seen")
-    return PurgeReport(wanted, purged, may_have_left)
+        record_purge(ledger, report, reason, consent_version)
+    return report
+
+
+def record_purge(ledger: Ledger, report: PurgeReport, reason: str, consent_version: int | None) -> None:
+    _record(ledger.record_purge, report.categories, report.purged, reason, consent_version)
+    if report.may_have_left:
+        _record(ledger.record_may_have_left, report.may_have_left, report.categories,
+                "handed to MQTT before the purge, acknowledgement not seen")
+
+
+def _record(write: Any, *args: Any) -> None:
+    """A ledger entry after the fact it records: its failure must not undo or stop what was done."""
+    try:
+        write(*args)
+    except Exception:  # the ledger defers what it cannot write (OSError); anything else is a bug to log
+        log.exception("ledger entry %s could not be written", getattr(write, "__name__", "?"))
 
 
 def consent_change_handler(store: PurgeableStore | None, uplink: InFlightTracker | None, ledger: Ledger | None):
-    """A ``policy.on_change`` callback: ledger entry for the change, then the purge it requires."""
+    """A ``policy.on_change`` callback: the purge the change requires first, then the ledger entries."""
 
     def handle(change: ConsentChange) -> None:
+        purging = bool(change.purge) and store is not None
+        report = apply_revocation(change.purge, store, uplink, None) if purging else None
         if ledger is not None:
-            ledger.record_consent_change(change)
-        if change.purge and store is not None:
-            apply_revocation(change.purge, store, uplink, ledger, change.kind, change.version)
+            _record(ledger.record_consent_change, change)
+            if report is not None:
+                record_purge(ledger, report, change.kind, change.version)
 
     return handle
 
@@ -116,46 +135,5 @@ def purge_ungranted(policy: ConsentPolicy, store: PurgeableStore, uplink: InFlig
                             record_empty=False)
 
 
-def batch_allowed(policy: ConsentPolicy, categories: Collection[str], consent_version: int) -> bool:
-    """Whether a batch made under ``consent_version`` with these categories may still be stored for upload:
-    every category granted now, and no change since then asked to purge any of them.  Call it holding
-    ``policy.lock`` (``consent_guarded_sink`` does) to make check-and-store atomic."""
-    if policy.bench:
-        return True
-    view, now = policy.view, policy.clock()
-    if not categories or not all(view.is_granted(c, now) for c in categories):
-        return False
-    if consent_version == view.version:
-        return True
-    changes = policy.changes_since(consent_version)
-    expected = consent_version
-    for change in changes:
-        # A "reload" (state written by another process) may cover several versions at once.
-        start = change.detail.get("from_version", change.version - 1) if change.kind == "reload" else \
-            change.version - 1
-        if start != expected:
-            return False  # history does not reach back that far: fail closed
-        if change.purge.intersection(categories):
-            return False
-        expected = change.version
-    return expected == view.version
-
-
-def consent_guarded_sink(policy: ConsentPolicy, sink: Callable[[Any], Any]) -> Callable[[Any], None]:
-    """Wrap the batch store's ``add`` for the batcher: batches no longer allowed are dropped, not stored.
-    Works on anything with a ``header`` holding ``categories`` and ``consent_version`` (``EncodedBatch``)."""
-
-    def put(batch: Any) -> None:
-        header = batch.header
-        with policy.lock:
-            if not batch_allowed(policy, header.get("categories") or (), int(header.get("consent_version", -1))):
-                log.info("batch %s/%s dropped: consent for %s changed since it was made", header.get("stream"),
-                         header.get("seq"), ",".join(header.get("categories") or ()))
-                return
-            sink(batch)
-
-    return put
-
-
-__all__ = ["InFlightTracker", "PurgeReport", "PurgeableStore", "apply_revocation", "batch_allowed",
-           "consent_change_handler", "consent_guarded_sink", "purge_ungranted", "purged_categories"]
+__all__ = ["InFlightTracker", "PurgeReport", "PurgeableStore", "apply_revocation", "consent_change_handler",
+           "purge_ungranted", "purged_categories"]

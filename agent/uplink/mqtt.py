@@ -15,6 +15,13 @@ Guarantees (issue 4):
   allowed, TLS, pin) before any socket is opened; a refused endpoint leaves the
   uplink in state "refused" and the agent keeps buffering.
 
+With a consent gate (``agent.flow.gate``, the agent always has one), every
+batch is checked against the live consent under the policy lock immediately
+before it is published - after pacing, so a revocation while a batch waits
+for the rate limit stops it - and nothing is published while the owner's
+ledger cannot be written.  An acknowledged batch whose ledger entry could not
+be written yet stays in the store (not offered again) until it is written.
+
 Two threads: the I/O thread owns the connection (connect, paho ``loop``,
 backoff); the sender thread settles PUBACKs in the store and fills the window.
 """
@@ -29,13 +36,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from agent.uplink import properties as batch_properties
 from agent.uplink.book import DeliveryBook
 from agent.uplink.config import UplinkConfig
+from agent.uplink.delivery import DeliveryRecorder
 from agent.uplink.endpoint import Endpoint, EndpointRefused, PinMismatch, build_tls_context, check_endpoint
 from agent.uplink.pacing import Backoff, ByteRateLimiter
+from agent.uplink.ports import BatchSource, Release, ReleaseGate
 from agent.uplink.session import Ack, Session, SessionHooks, publish_properties, status_json
 from agent.uplink.topics import commands_topic, data_topic, dictionary_topic, status_topic
 
@@ -46,21 +55,6 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS = 1.0
 
 
-class StoredBatchLike(Protocol):
-    id: int
-    stream: str
-    priority: int
-    payload: bytes
-
-
-class BatchSource(Protocol):
-    """The part of ``agent.buffer.store.BatchStore`` the uplink uses."""
-
-    def pending(self, limit: int, exclude: Collection[int] = ()) -> list[Any]: ...
-
-    def mark_delivered(self, batch_id: int) -> None: ...
-
-
 class Uplink:
     def __init__(self, config: UplinkConfig, store: BatchSource, vehicle_id: str,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
@@ -68,10 +62,10 @@ class Uplink:
                  on_in_flight_change: Callable[[frozenset[int]], None] | None = None,
                  on_command: Callable[[bytes], None] | None = None,
                  health: Callable[[], dict] | None = None,
-                 on_delivered: Callable[[Any, str], None] | None = None) -> None:
+                 gate: ReleaseGate | None = None) -> None:
         """``on_command`` gets payloads of the commands topic (network thread: queue them);
         ``health`` supplies the counters published with the retained status message;
-        ``on_delivered(stored_batch, broker)`` runs on PUBACK, before the batch is deleted."""
+        ``gate`` checks each batch right before it is published and records each delivery."""
         self.config = config
         self.store = store
         self.vehicle_id = vehicle_id
@@ -81,7 +75,8 @@ class Uplink:
         self._on_in_flight_change = on_in_flight_change
         self._on_command = on_command
         self._health = health
-        self._on_delivered = on_delivered
+        self._gate = gate
+        self._delivery = DeliveryRecorder(store, gate, self._broker_name)
         self._backoff = Backoff(config.backoff_min, config.backoff_max, rng or random.Random())
         self._limiter = ByteRateLimiter(config.byte_rate_limit)
         self._status_topic = status_topic(config.topic_prefix, vehicle_id)
@@ -319,9 +314,7 @@ class Uplink:
             if self._book.take_forgotten(ack.batch_id):
                 log.info("uplink: PUBACK for purged batch %d ignored", ack.batch_id)
             elif ack.reason_code < 0x80:
-                if self._on_delivered is not None:
-                    self._report_delivery(ack.batch_id)
-                self.store.mark_delivered(ack.batch_id)
+                self._delivery.delivered(ack.batch_id)
                 self._book.delivered(ack.batch_id, self._clock())
             else:
                 log.warning("uplink: broker rejected batch %d (%s); keeping it, retry in %.0f s",
@@ -331,23 +324,17 @@ class Uplink:
                     self._last_error = f"broker rejected batch {ack.batch_id}: {ack.reason}"
             self._in_flight_changed()
 
-    def _report_delivery(self, batch_id: int) -> None:
-        """Tell the agent what left the car (the owner's ledger), before the batch is deleted."""
-        try:
-            batch = self.store.get(batch_id)
-            if batch is not None:
-                endpoint = self._endpoint
-                broker = f"{endpoint.host}:{endpoint.port}" if endpoint else self.config.broker.host
-                self._on_delivered(batch, broker)
-        except Exception:  # the ledger must not stop delivery bookkeeping; it logs its own problems
-            log.exception("uplink: delivery report for batch %d failed", batch_id)
+    def _broker_name(self) -> str:
+        endpoint = self._endpoint
+        return f"{endpoint.host}:{endpoint.port}" if endpoint else self.config.broker.host
 
     def _fill_window(self) -> None:
         session = self._session
         if session is None or not session.is_connected or session.is_closed:
             return
+        self._delivery.settle()
         with self._cond:
-            acked_unsettled = {ack.batch_id for ack in self._acks}
+            acked_unsettled = {ack.batch_id for ack in self._acks} | self._delivery.waiting()
         held = self._book.excluded()
         busy = session.in_flight_ids()
         room = self._window - len(busy)
@@ -378,12 +365,26 @@ class Uplink:
             return True  # purged after pending() returned it
         handed = False
         try:
-            handed = session.publish_batch(batch.id, topic, payload, props)
+            if self._gate is None:
+                handed = session.publish_batch(batch.id, topic, payload, props)
+            else:
+                outcome = self._gate.release(batch, lambda: session.publish_batch(batch.id, topic, payload, props))
+                handed = outcome is Release.SENT
+                if outcome in (Release.REFUSED, Release.HELD):
+                    return self._not_released(batch.id, outcome)
         finally:
             self._book.end_send(batch.id, len(payload), handed)
         if handed:
             self._in_flight_changed()
         return handed
+
+    def _not_released(self, batch_id: int, why: Release) -> bool:
+        if why is Release.REFUSED:  # purged by the gate: go on with the next batch
+            self._book.forget([batch_id])
+            return True
+        # The ledger cannot be written: nothing leaves; look again after the poll interval.
+        self._book.hold(batch_id, _POLL_SECONDS)
+        return False
 
     def _ensure_dictionary(self, session: Session, dictionary_id: str | None) -> None:
         """Publish the zstd dictionary a batch needs (retained) before the batch itself,

@@ -17,8 +17,8 @@ CONTENT_TYPE = "application/vnd.vehicle-batch+msgpack"
 PAYLOAD_SHA256 = "payload_sha256"
 
 # Header fields repeated as properties, in this order (names as in agent.batch.format).
-PROPERTY_FIELDS = ("schema", "vehicle_id", "boot_id", "seq", "stream", "priority", "categories", "consent_version",
-                   "bench", "t_min", "t_max", "rows", "samples", "created", "zstd_dict", "sha256")
+PROPERTY_FIELDS = ("schema", "vehicle_id", "store_epoch", "boot_id", "seq", "stream", "priority", "categories",
+                   "consent_version", "bench", "t_min", "t_max", "rows", "samples", "created", "zstd_dict", "sha256")
 
 
 def property_text(value: Any) -> str:

@@ -9,12 +9,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.assemble import assemble, build_consent, collection_plan, decoder_for, open_store, watch_consent
 from agent.camera.events import parse_event
 from agent.cli.main import main as agent_main
 from agent.config import load_config
-from agent.incident.config import incident_config
-from agent.sidecars import Sidecars
+from agent.flow.build import build
 from agent.sources.log import LogSource
 from simulator.demo.setup import BUNDLED_BUSES, DemoInput, write_config
 from simulator.scenario import build_scenario, write_scenario
@@ -44,22 +42,16 @@ def run_incident(workdir: Path, seed: int = 7) -> IncidentResult:
     buses = {name: dbcs for name, dbcs in BUNDLED_BUSES.values()}
     demo = DemoInput(workdir / "drive.log", buses, {"can0": "truck", "can1": "gps"})
     config_path = write_config(demo, workdir, socketcand_port=1, broker_port=1883, incidents=True)
-    config = load_config(config_path)
-    plan = collection_plan(config)
-    store = open_store(config)
-    consent = build_consent(config)
-    watch_consent(consent, store)
-    assembly = assemble(decoder_for(config, plan), plan, store, consent, config.vehicle.id)
-    sidecars = Sidecars(assembly.pipeline, store, consent.policy, config.vehicle.id, notify=lambda: None)
-    sidecars.attach_incidents(incident_config(config), config.resolve(config.state.dir))
+    stages = build(load_config(config_path))
+    store, pipeline, sidecars = stages.core.store, stages.path.pipeline, stages.path.sidecars
     events = sorted((parse_event(p.read_bytes(), p.name) for p in sorted((workdir / "camera").iterdir())),
                     key=lambda e: e.time)
     # Offline, in log time: each camera record reaches the agent when the drive passes its time.
     for bus, msg in LogSource(demo.log, bus_map=demo.bus_map):
         while events and events[0].time <= msg.timestamp:
             sidecars.recorder.on_camera_event(events.pop(0))
-        assembly.pipeline.feed(bus, msg)
-    assembly.pipeline.flush()
+        pipeline.feed(bus, msg)
+    pipeline.flush()
     sidecars.flush()
     store.close()
     snapshots = [{"id": info.id, "trigger": info.trigger.name, "start": info.start, "end": info.end,

@@ -22,7 +22,8 @@ from pathlib import Path
 from agent.config import load_config
 from agent.control import ControlClient, control_socket_path
 from simulator.broker import free_loopback_port
-from tests.e2e_support import GPS_DBC, J1939_DBC, REPO, uplink_lines
+from tests.e2e_support import REPO
+from tests.helpers.agent_config import write_agent_config
 
 BUNDLED_LOG = REPO / "simulator/data/css_truck_j1939_and_canmod_gps.asc.gz"
 BUS_MAP = {"0": "truck", "1": "gps"}
@@ -54,23 +55,9 @@ class LogBook:
 def live_config(tmp: Path, sim_port: int, broker_port: int | None = None, *, batch_age: float = 1.0,
                 uplink_extra: str = "", extra: str = "", state_dir: Path | None = None) -> Path:
     """Both buses of the bundled log over socketcand from the simulator; plaintext loopback broker if given."""
-    q = json.dumps
-    state = state_dir or tmp / "state"
-    lines = [
-        f"vehicle: {{id: rel-truck, vin: {TEST_VIN}}}",
-        "buses:",
-        f"  - {{name: truck, interface: socketcand, channel: truck, dbc: [{q(str(J1939_DBC))}], j1939: true,"
-        f" options: {{host: 127.0.0.1, port: {sim_port}}}}}",
-        f"  - {{name: gps, interface: socketcand, channel: gps, dbc: [{q(str(GPS_DBC))}],"
-        f" options: {{host: 127.0.0.1, port: {sim_port}}}}}",
-        f"state: {{dir: {q(str(state))}}}",
-        f"batching: {{max_age_s: {batch_age}}}",
-    ]
-    if broker_port is not None:
-        lines += uplink_lines(broker_port, uplink_extra)
-    path = tmp / "agent.yaml"
-    path.write_text("\n".join(lines) + "\n" + extra)
-    return path
+    return write_agent_config(tmp, buses="socketcand", sim_port=sim_port, broker_port=broker_port,
+                              batch_age=batch_age, vehicle=f"{{id: rel-truck, vin: {TEST_VIN}}}", state_dir=state_dir,
+                              uplink_extra=uplink_extra, extra=extra, log_channels=False)
 
 
 # Two telemetry streams of different priority, and incident snapshots (never evicted) at three moments of
@@ -101,17 +88,8 @@ incidents:
 
 def offline_config(tmp: Path, quota_mb: float) -> Path:
     """For in-process runs over the bundled log (no bus is opened): two streams, incidents, a buffer quota."""
-    q = json.dumps
-    path = tmp / "agent.yaml"
-    path.write_text(
-        f"vehicle: {{id: rel-truck, vin: {TEST_VIN}}}\n"
-        "buses:\n"
-        f"  - {{name: truck, interface: virtual, dbc: [{q(str(J1939_DBC))}], j1939: true, log_channel: '0'}}\n"
-        f"  - {{name: gps, interface: virtual, dbc: [{q(str(GPS_DBC))}], log_channel: '1'}}\n"
-        f"state: {{dir: {q(str(tmp / 'state'))}}}\n"
-        "batching: {max_age_s: 2}\n"
-        f"buffer: {{quota_mb: {quota_mb}}}\n" + STREAMS_AND_INCIDENTS)
-    return path
+    return write_agent_config(tmp, batch_age=2, vehicle=f"{{id: rel-truck, vin: {TEST_VIN}}}", quota_mb=quota_mb,
+                              extra=STREAMS_AND_INCIDENTS)
 
 
 _SUMMARY = re.compile(r"replayed (\d+) frames in [\d.]+ s \([\d.]+ frames/s, \d+ pass(?:es)?\): ([^;\n]*)")

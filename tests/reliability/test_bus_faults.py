@@ -20,9 +20,8 @@ from collections import Counter
 
 import pytest
 
-from agent.assemble import collection_plan
 from agent.config import load_config
-from agent.runtime import decoder_for
+from agent.flow.parts import collection_plan, decoder_for
 from agent.sources.log import LogSource
 from simulator.faults import FaultInjector, parse_fault_spec
 from tests.e2e_support import grant

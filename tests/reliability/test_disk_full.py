@@ -22,15 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.assemble import assemble, build_consent, collection_plan, open_store, vehicle_identity
 from agent.buffer.store import BatchStore
 from agent.config import load_config
-from agent.incident.config import incident_config
+from agent.flow.build import build
+from agent.flow.sidecars import Sidecars
 from agent.incident.store import IncidentStore
 from agent.incident.upload import INCIDENT_STREAM
-from agent.pipeline import BatchingOptions
-from agent.runtime import decoder_for
-from agent.sidecars import Sidecars
 from agent.sources.log import LogSource
 from tests.e2e_support import grant
 from tests.reliability.rig import (
@@ -63,10 +60,8 @@ class Added:
 
 def run_log_into_store(config_path: Path) -> tuple[list[Added], dict, Sidecars]:
     """The agent's data path and incident recorder over the bundled log; returns every batch given to the store."""
-    config = load_config(config_path)
-    plan = collection_plan(config)
-    consent = build_consent(config)
-    store = open_store(config)
+    stages = build(load_config(config_path))
+    store, pipeline, sidecars = stages.core.store, stages.path.pipeline, stages.path.sidecars
     added: list[Added] = []
     commit = store.add
 
@@ -76,19 +71,14 @@ def run_log_into_store(config_path: Path) -> tuple[list[Added], dict, Sidecars]:
         added.append(Added(batch_id, header["seq"], header["stream"], header["priority"], len(batch.payload)))
         return batch_id
 
-    store.add = recording_add  # the pipeline and the sidecars call store.add
-    vehicle = vehicle_identity(config, consent.pseudonymizer)
-    assembly = assemble(decoder_for(config, plan), plan, store, consent, vehicle,
-                        BatchingOptions(config.batching.max_age_s, config.batching.max_bytes))
-    sidecars = Sidecars(assembly.pipeline, store, consent.policy, vehicle, lambda: None)
-    sidecars.attach_incidents(incident_config(config), config.resolve(config.state.dir))
+    store.add = recording_add  # the one store writer calls store.add for the pipeline and the sidecars
     next_poll = None
     for bus, msg in LogSource(BUNDLED_LOG, bus_map=BUS_MAP):
-        assembly.pipeline.feed(bus, msg)
+        pipeline.feed(bus, msg)
         if next_poll is None or msg.timestamp >= next_poll:  # the runtime's once-a-second housekeeping
             sidecars.poll(msg.timestamp)
             next_poll = msg.timestamp + 1.0
-    assembly.pipeline.flush()
+    pipeline.flush()
     sidecars.flush()
     sidecars.poll(msg.timestamp + 60)
     counters = store.counters()
@@ -210,7 +200,7 @@ def test_a_full_filesystem_never_crashes_the_agent_and_it_recovers(tmp_path, log
             wait_quiet(agent, quiet_s=1.0, timeout=30)
             # The snapshot that met the full disk is retried every few seconds until it is saved and stored.
             agent.wait_status(lambda s: s["sidecars"]["snapshots"] == 3 and s["buffer"]["counters"]["written"]
-                              == s["pipeline"]["batches_written"] + s["sidecars"]["snapshot_batches"], timeout=30)
+                              == s["pipeline"]["batches_written"], timeout=30)
             report = agent.stop()
         finally:
             sim.kill()
@@ -232,11 +222,12 @@ def test_a_full_filesystem_never_crashes_the_agent_and_it_recovers(tmp_path, log
     # It kept running through the full disk and stopped cleanly (stop() asserts exit code 0).
     assert pipeline["frames_in"] == sent.total and not report["dropped_at_bus"]
     assert_decode_balance(pipeline)
-    # Every batch refused while full was stored on a retry, or (past the batcher's bound of 16 waiting) given
-    # up and counted: each sequence number handed out is a stored batch or a counted drop.
+    # Every batch refused while full was stored on a retry, or (past the store writer's bound of waiting batches)
+    # given up and counted: each sequence number handed out is a stored batch or a counted drop.  The writer
+    # counts CAN, incident and camera batches alike: it is their one way into the store.
     assert recovered["pipeline"]["batches_written"] > full["pipeline"]["batches_written"]
-    assert counters["written"] == pipeline["batches_written"] + sidecars["snapshot_batches"]
-    assert issued == counters["written"] + pipeline["batches_dropped"] + sidecars["dropped_unstored"]
+    assert counters["written"] == pipeline["batches_written"]
+    assert issued == counters["written"] + pipeline["batches_dropped"] + pipeline["batches_waiting"]
     assert pipeline["store_errors"] >= full["pipeline"]["store_errors"] > 0
     # The snapshot that met the full disk was saved when space came back; none was lost or left half-written.
     assert [s.trigger.name for s in snapshots] == ["trip1", "trip6", "trip10"] and not leftovers

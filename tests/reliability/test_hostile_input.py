@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.assemble import assemble, build_consent, collection_plan, open_store, vehicle_identity
 from agent.batch.format import (
     SCHEMA_VERSION,
     BatchError,
@@ -41,12 +40,11 @@ from agent.camera.config import camera_config
 from agent.camera.events import CameraEventError, parse_event
 from agent.collect import Condition, ExprError, SignalIndex, compile_expression, parse
 from agent.config import parse_config
+from agent.flow.build import build
+from agent.flow.parts import collection_plan
 from agent.incident.config import incident_config
 from agent.model import DecodedFrame
-from agent.pipeline import BatchingOptions
 from agent.privacy.config import consent_config
-from agent.runtime import decoder_for
-from agent.sidecars import Sidecars
 from agent.uplink.config import uplink_config
 from agent.uplink.properties import PROPERTY_FIELDS
 from simulator.receiver.client import Receiver
@@ -88,14 +86,10 @@ def pipeline(tmp_path_factory):
     from agent.config import load_config
 
     config = load_config(config_path)
-    plan = collection_plan(config)
-    consent = build_consent(config)
-    store = open_store(config)
-    vehicle = vehicle_identity(config, consent.pseudonymizer)
-    assembly = assemble(decoder_for(config, plan), plan, store, consent, vehicle, BatchingOptions(0.5, 4096))
-    sidecars = Sidecars(assembly.pipeline, store, consent.policy, vehicle, lambda: None)
-    sidecars.attach_incidents(incident_config(config), tmp / "state")
-    yield assembly.pipeline, sidecars, store
+    config.batching.max_age_s, config.batching.max_bytes = 0.5, 4096
+    stages = build(config)
+    store = stages.core.store
+    yield stages.path.pipeline, stages.path.sidecars, store
     store.close()
 
 

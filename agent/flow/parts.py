@@ -1,7 +1,6 @@
-"""Composition root: builds the stages from a config (or command-line options) and joins them.
+"""The parts ``agent.flow.build`` joins, each made from the configuration (or command-line options).
 
-The one place that knows every stage; the stages themselves import none of
-each other.  Used by ``replay`` (offline), ``run`` (the service) and ``demo``.
+Nothing here joins two stages; ``build`` does that, in one place.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent.buffer.store import BatchStore
 from agent.cli.common import decoder_from_config
@@ -18,23 +16,20 @@ from agent.config import AgentConfig
 from agent.decode import Decoder
 from agent.incident.config import incident_config
 from agent.ledger import Ledger
-from agent.pipeline import BatchingOptions, Pipeline
-from agent.privacy import ConsentPolicy, ConsentStore, PrivacyFilter, Pseudonymizer, consent_config
-from agent.privacy.purge import consent_change_handler, consent_guarded_sink, purge_ungranted
+from agent.privacy import ConsentPolicy, ConsentStore, Pseudonymizer, consent_config
 from agent.privacy.store import load_state_file
+from agent.service.statedir import prepare_state_dir
 
 log = logging.getLogger(__name__)
 
 
-def ensure_state_dir(path: Path) -> Path:
-    """The state directory holds keys, consent and the buffer: owner-only (0700)."""
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)
-    return path
-
-
 def state_dir_of(config: AgentConfig) -> Path:
-    return config.resolve(config.state.dir)
+    """The configured state directory, created (0700) and checked on first use (``prepare_state_dir``)."""
+    path = config.resolve(config.state.dir)
+    report = prepare_state_dir(path)
+    for line in report.repairs:
+        log.warning("state dir: %s", line)
+    return path
 
 
 def vehicle_identity(config: AgentConfig | None, pseudonymizer: Pseudonymizer | None) -> str:
@@ -43,7 +38,7 @@ def vehicle_identity(config: AgentConfig | None, pseudonymizer: Pseudonymizer | 
         return "bench"
     if config.vehicle.vin:
         if pseudonymizer is None:
-            pseudonymizer = Pseudonymizer.in_dir(ensure_state_dir(state_dir_of(config)))
+            pseudonymizer = Pseudonymizer.in_dir(state_dir_of(config))
         return "v" + pseudonymizer.vehicle_pseudonym(config.vehicle.vin)[:32]
     return config.vehicle.id
 
@@ -67,7 +62,6 @@ def decoder_for(config: AgentConfig, plan: CollectionPlan) -> Decoder:
     return decoder
 
 
-
 def open_store(config: AgentConfig | None, path: Path | None = None) -> BatchStore:
     if config is None:
         if path is None:
@@ -75,7 +69,7 @@ def open_store(config: AgentConfig | None, path: Path | None = None) -> BatchSto
         return BatchStore(path)
     buffer = config.buffer
     if path is None:
-        path = ensure_state_dir(state_dir_of(config)) / buffer.file
+        path = state_dir_of(config) / buffer.file
     return BatchStore(
         path,
         quota_bytes=int(buffer.quota_mb * 1024 * 1024),
@@ -99,12 +93,8 @@ class Consent:
     pseudonymizer: Pseudonymizer | None = None
 
 
-def build_consent(
-    config: AgentConfig | None,
-    grant_all: bool = False,
-    consent_file: str | None = None,
-    live: bool = False,
-) -> Consent:
+def build_consent(config: AgentConfig | None, grant_all: bool = False, consent_file: str | None = None,
+                  live: bool = False) -> Consent:
     """The owner's consent in force.
 
     * ``grant_all`` (bench mode, offline only): everything counts as granted and
@@ -122,7 +112,7 @@ def build_consent(
         return Consent(ConsentPolicy(None, section, state=load_state_file(consent_file)))
     if config is None:
         return Consent(ConsentPolicy(None, section))
-    state = ensure_state_dir(state_dir_of(config))
+    state = state_dir_of(config)
     return Consent(
         ConsentPolicy(ConsentStore.in_dir(state), section),
         ledger=Ledger.in_dir(state),
@@ -130,56 +120,5 @@ def build_consent(
     )
 
 
-@dataclass
-class Assembly:
-    pipeline: Pipeline
-    privacy: PrivacyFilter
-
-
-def watch_consent(consent: Consent, store: BatchStore, uplink: Any = None) -> None:
-    """Consent changes purge the store and the uplink and write the ledger; what is no longer
-    granted at start-up is purged now.  Call once per process (not per pipeline)."""
-    policy = consent.policy
-    if policy.bench:
-        return
-    policy.on_change(consent_change_handler(store, uplink, consent.ledger))
-    purge_ungranted(policy, store, uplink, consent.ledger)
-
-
-def assemble(
-    decoder: Decoder,
-    plan: CollectionPlan,
-    store: BatchStore,
-    consent: Consent,
-    vehicle_id: str,
-    batching: BatchingOptions | None = None,
-    on_trigger: Any = None,
-) -> Assembly:
-    """Join decode -> collect -> privacy -> batch -> store (see ``watch_consent`` for purges)."""
-    policy = consent.policy
-    batching = batching or BatchingOptions()
-    batching.bench = policy.bench
-    holder: dict[str, PrivacyFilter] = {}
-
-    def privacy_stage(batcher) -> PrivacyFilter:
-        def new_version(_changes: Any) -> None:
-            # Each batch carries exactly one consent version: close what is open.
-            batcher.flush()
-            batcher.consent_version = holder["stage"].consent_version
-
-        stage = PrivacyFilter(policy, decoder.specs, batcher, consent.pseudonymizer, on_version_change=new_version)
-        holder["stage"] = stage
-        batcher.consent_version = policy.version
-        return stage
-
-    pipeline = Pipeline(
-        decoder,
-        plan,
-        store,
-        vehicle_id,
-        row_filter=privacy_stage,
-        batching=batching,
-        batch_guard=lambda sink: consent_guarded_sink(policy, sink),
-        on_trigger=on_trigger,
-    )
-    return Assembly(pipeline, holder["stage"])
+__all__ = ["Consent", "build_consent", "collection_plan", "decoder_for", "open_store", "state_dir_of",
+           "vehicle_identity"]

@@ -2,40 +2,41 @@
 
 Both hang off the pipeline (raw frames, decoded frames) and produce their own
 batches, which go into the same store as telemetry (incident: highest
-priority, never evicted; camera: above telemetry).  Camera records arrive on
-other threads (spool watcher, socket) and are handed to the pipeline thread
-through a bounded queue; drops are counted.
+priority, never evicted; camera: above telemetry) through the same door: the
+store writer (``agent.flow.writer``), which numbers them, checks them against
+the live consent and keeps them for a retry when the store refuses writes.
+What of them may leave is ``agent.privacy.decision``'s call (through
+``snapshot_batches`` and ``camera_decision``).  Camera records arrive on other
+threads (spool watcher, socket) and are handed to the pipeline thread through a
+bounded queue; drops are counted.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.buffer.store import BatchStore
 from agent.camera.config import CameraConfig
 from agent.camera.rules import CAMERA_STREAM, camera_decision
 from agent.camera.socket_in import CameraSocketServer
 from agent.camera.spool import SpoolWatcher
 from agent.camera.upload import camera_batch
+from agent.flow.pipeline import Pipeline
+from agent.flow.writer import StoreWriter
 from agent.incident.config import IncidentConfig
 from agent.incident.snapshot import IncidentRecorder, Snapshot
 from agent.incident.store import IncidentStore
 from agent.incident.upload import INCIDENT_STREAM, snapshot_batches
-from agent.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 # What is kept in memory for a retry while the disk is full (a snapshot holds up to pre_s + post_s of frames).
 MAX_UNSAVED_SNAPSHOTS = 4
-MAX_UNSTORED_BATCHES = 64
-# Between retries of what failed (a snapshot costs a second of CPU to write out again).
+# Between retries of a snapshot that could not be saved (one costs a second of CPU to write out again).
 RETRY_INTERVAL_S = 5.0
 
 
@@ -47,10 +48,9 @@ class SidecarCounters:
     camera_uploaded: int = 0
     camera_kept_in_car: int = 0
     camera_dropped_queue_full: int = 0
-    # A full disk (or a failing store): the snapshot or batch is kept in memory and retried every poll.
+    # A full disk: the snapshot is kept in memory and retried (batches wait in the store writer).
     snapshot_errors: int = 0
-    store_errors: int = 0
-    dropped_unstored: int = 0  # given up past the retry bounds (MAX_UNSAVED_SNAPSHOTS, MAX_UNSTORED_BATCHES)
+    dropped_unsaved: int = 0  # snapshots given up past MAX_UNSAVED_SNAPSHOTS
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -61,10 +61,9 @@ class Sidecars:
     """Incident recorder + camera intake for one pipeline."""
 
     pipeline: Pipeline
-    store: BatchStore
+    writer: StoreWriter
     policy: Any
     vehicle_id: str
-    notify: Callable[[], None]
     incidents: IncidentStore | None = None
     recorder: IncidentRecorder | None = None
     camera: SpoolWatcher | None = None
@@ -72,7 +71,6 @@ class Sidecars:
     counters: SidecarCounters = field(default_factory=SidecarCounters)
     _events: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1024))
     _unsaved: deque = field(default_factory=deque)  # snapshots not yet on disk
-    _unstored: deque = field(default_factory=deque)  # batches not yet in the store
     _retry_at: float = 0.0
 
     # -- set-up ------------------------------------------------------------------
@@ -102,11 +100,6 @@ class Sidecars:
             raise  # the spool watcher leaves the file in place and retries later
 
     # -- pipeline thread -------------------------------------------------------------
-    def _numbers(self, stream: str) -> tuple[int, int]:
-        """(boot-wide seq, the stream's own number) for a batch of ``stream``."""
-        boot_id = self.pipeline.boot_id
-        return self.store.next_seq(boot_id), self.store.next_stream_seq(boot_id, stream)
-
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         assert self.incidents is not None
         try:
@@ -116,7 +109,7 @@ class Sidecars:
             log.warning("incident snapshot %s not saved, will retry: %s", snapshot.id, exc)
             if len(self._unsaved) >= MAX_UNSAVED_SNAPSHOTS:
                 self._unsaved.popleft()
-                self.counters.dropped_unstored += 1
+                self.counters.dropped_unsaved += 1
             self._unsaved.append(snapshot)
             return
         self.counters.snapshots += 1
@@ -124,40 +117,19 @@ class Sidecars:
         # Without incident consent the snapshot stays in the car: no need to read it back.
         if self.policy.is_granted("incident"):
             stored = self.incidents.load(info.id)
-            batches = snapshot_batches(stored, self.policy, self.vehicle_id, self.pipeline.boot_id,
-                                       lambda: self._numbers(INCIDENT_STREAM))
+            batches = snapshot_batches(stored, self.policy, self.vehicle_id,
+                                       lambda: self.writer.numbers(INCIDENT_STREAM))
         for batch in batches:
-            self._add(batch)
+            self.writer.write(batch)
         self.counters.snapshot_batches += len(batches)
-        if batches:
-            self.notify()
         log.info("incident snapshot %s saved (%d upload batches)", info.id, len(batches))
 
-    def _add(self, batch: Any) -> None:
-        """Commit a batch, or keep it for a retry when the store cannot take it (full disk)."""
-        if self._unstored or not self._stored(batch):  # behind others waiting: keep the order
-            if len(self._unstored) >= MAX_UNSTORED_BATCHES:
-                self._unstored.popleft()
-                self.counters.dropped_unstored += 1
-            self._unstored.append(batch)
-
-    def _stored(self, batch: Any) -> bool:
-        try:
-            self.store.add(batch)
-            return True
-        except (OSError, sqlite3.Error) as exc:
-            self.counters.store_errors += 1
-            log.warning("%s batch %s not stored, will retry: %s", batch.header["stream"], batch.header["seq"], exc)
-            return False
-
     def _retry(self, now: float) -> None:
-        if now < self._retry_at or not (self._unsaved or self._unstored):
+        if now < self._retry_at or not self._unsaved:
             return
         for _ in range(len(self._unsaved)):
             self._on_snapshot(self._unsaved.popleft())
-        while self._unstored and self._stored(self._unstored[0]):
-            self._unstored.popleft()
-        self._retry_at = now + RETRY_INTERVAL_S if self._unsaved or self._unstored else 0.0
+        self._retry_at = now + RETRY_INTERVAL_S if self._unsaved else 0.0
 
     def poll(self, now: float) -> None:
         """Drain camera events and close incident windows that are due (call about once a second)."""
@@ -177,11 +149,10 @@ class Sidecars:
             else:
                 outgoing.append(decision)
         if outgoing:
-            batch = camera_batch(outgoing, self.vehicle_id, self.pipeline.boot_id, self._numbers(CAMERA_STREAM),
+            batch = camera_batch(outgoing, self.vehicle_id, self.writer.numbers(CAMERA_STREAM),
                                  self.policy.version, bench=self.policy.bench)
-            self._add(batch)
+            self.writer.write(batch)
             self.counters.camera_uploaded += len(outgoing)
-            self.notify()
         if self.recorder is not None:
             self.recorder.close_due(now)
 

@@ -1,0 +1,162 @@
+"""The composition root: every stage of the agent is made and joined here, and nowhere else.
+
+``build(config, options)`` returns ``Stages``: the long-lived core (store,
+consent, gate, writer, uplink) and the data path (decoder, collector, privacy
+filter, batcher, pipeline, sidecars).  The service (``agent.runtime``),
+``vehicle-agent replay`` and the demo each call it once; a reload makes a new
+data path on the same core with ``build_data_path``.  The flow it joins::
+
+    frames -> Decoder -> Collector -> PrivacyFilter -> Batcher --+
+                                                                 |
+    incident snapshots, camera events (Sidecars) ----------------+--> StoreWriter --ConsentGate.admit--> BatchStore
+                                                                                                          |
+    broker <--ConsentGate.release-- Uplink <--------------------------------------------------------------+
+
+    ConsentPolicy.on_change --> purge (store, then uplink) --> Ledger
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.batch import Batcher, current_boot_id
+from agent.buffer.store import BatchStore
+from agent.camera.config import camera_config
+from agent.collect import CollectionPlan, Collector
+from agent.config import AgentConfig
+from agent.decode import Decoder
+from agent.flow.gate import ConsentGate
+from agent.flow.parts import (
+    Consent,
+    build_consent,
+    collection_plan,
+    decoder_for,
+    open_store,
+    state_dir_of,
+    vehicle_identity,
+)
+from agent.flow.pipeline import BatchingOptions, Pipeline
+from agent.flow.sidecars import Sidecars
+from agent.flow.writer import StoreWriter
+from agent.incident.config import incident_config
+from agent.privacy import PrivacyFilter
+from agent.privacy.purge import consent_change_handler, purge_ungranted
+from agent.uplink.config import uplink_config
+from agent.uplink.mqtt import Uplink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildOptions:
+    """How the stages are made beyond what the configuration says."""
+
+    live: bool = False  # the service on live buses: refuses bench mode, watches the camera spool and socket
+    grant_all: bool = False  # bench mode (offline runs on logs only)
+    consent_file: str | None = None  # run under this consent state instead of the state dir's
+    buffer: Path | None = None  # the buffer database, instead of the state dir's
+    decoder: Decoder | None = None  # a decoder made from command-line DBCs, instead of the config's
+    batch_age_s: float | None = None  # batch time span, instead of the config's
+    uplink: bool = False  # make the uplink stage when the config has an uplink section
+    on_command: Callable[[bytes], None] | None = None  # the uplink's commands topic (MQTT network thread)
+    health: Callable[[], dict] | None = None  # counters for the retained status message
+    boot_id: str | None = None
+
+
+@dataclass
+class Core:
+    """What lives as long as the process, across reloads of the configuration."""
+
+    store: BatchStore
+    consent: Consent
+    vehicle_id: str
+    gate: ConsentGate
+    writer: StoreWriter
+    uplink: Uplink | None
+    state_dir: Path | None
+
+
+@dataclass
+class DataPath:
+    """The CAN data path and its side inputs for one configuration."""
+
+    config: AgentConfig | None
+    plan: CollectionPlan
+    decoder: Decoder
+    privacy: PrivacyFilter
+    batcher: Batcher
+    collector: Collector
+    pipeline: Pipeline
+    sidecars: Sidecars
+
+
+@dataclass
+class Stages:
+    core: Core
+    path: DataPath
+    options: BuildOptions = field(default_factory=BuildOptions)
+
+
+def build(config: AgentConfig | None, options: BuildOptions | None = None) -> Stages:
+    options = options or BuildOptions()
+    core = build_core(config, options)
+    return Stages(core, build_data_path(config, core, options), options)
+
+
+def build_core(config: AgentConfig | None, options: BuildOptions) -> Core:
+    state_dir = state_dir_of(config) if config is not None else None
+    consent = build_consent(config, grant_all=options.grant_all, consent_file=options.consent_file,
+                            live=options.live)
+    store = open_store(config, options.buffer)
+    vehicle_id = vehicle_identity(config, consent.pseudonymizer)
+    gate = ConsentGate(consent.policy, consent.ledger, store)
+    writer = StoreWriter(store, gate, options.boot_id or current_boot_id())
+    uplink = None
+    settings = uplink_config(config) if options.uplink and config is not None else None
+    if settings is not None:
+        uplink = Uplink(settings, store, vehicle_id, on_command=options.on_command, health=options.health,
+                        gate=gate)
+        writer.listeners.append(lambda _id, _batch: uplink.notify())
+    # Once per process, not per data path: a reload must not add a second purge handler.
+    policy = consent.policy
+    if not policy.bench:
+        policy.on_change(consent_change_handler(store, uplink, consent.ledger))
+        purge_ungranted(policy, store, uplink, consent.ledger)
+    return Core(store, consent, vehicle_id, gate, writer, uplink, state_dir)
+
+
+def build_data_path(config: AgentConfig | None, core: Core, options: BuildOptions) -> DataPath:
+    """decode -> collect -> privacy -> batch -> the core's writer, and the sidecars beside them."""
+    plan = collection_plan(config)
+    if options.decoder is not None:
+        decoder = options.decoder
+    elif config is not None:
+        decoder = decoder_for(config, plan)
+    else:
+        raise ValueError("a decoder needs DBC files: give --dbc FILE... or --config FILE")
+    batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes) if config is not None \
+        else BatchingOptions()
+    if options.batch_age_s:
+        batching.max_age_s = options.batch_age_s
+    policy, writer = core.consent.policy, core.writer
+    batcher = Batcher(decoder.specs, writer.write, core.vehicle_id, numbering=writer.numbers,
+                      max_age_s=batching.max_age_s, max_bytes=batching.max_bytes, consent_version=policy.version,
+                      bench=policy.bench)
+    # Each batch carries exactly one consent version: a new version closes what is open first.
+    privacy = PrivacyFilter(policy, decoder.specs, batcher, core.consent.pseudonymizer,
+                            on_version_change=lambda _changes: batcher.consent_changed(privacy.consent_version))
+    collector = Collector(plan, decoder.specs, privacy)
+    pipeline = Pipeline(decoder, collector, privacy, batcher, writer, plan.clock_reset_s)
+    sidecars = Sidecars(pipeline, writer, policy, core.vehicle_id)
+    if config is not None and config.incidents and core.state_dir is not None:
+        sidecars.attach_incidents(incident_config(config), core.state_dir)
+    camera = camera_config(config) if options.live and config is not None and config.camera else None
+    if camera is not None and camera.enabled and core.state_dir is not None:
+        sidecars.attach_camera(camera, core.state_dir)
+    return DataPath(config, plan, decoder, privacy, batcher, collector, pipeline, sidecars)
+
+
+__all__ = ["BuildOptions", "Core", "DataPath", "Stages", "build", "build_core", "build_data_path"]
