@@ -148,6 +148,8 @@ class Uplink:
         ids = self._book.sending()
         if session is not None:
             ids |= session.in_flight_ids()
+        with self._cond:  # acknowledged but not yet settled: they have left, the ledger does not know yet
+            ids |= {ack.batch_id for ack in self._acks}
         return frozenset(ids - self._book.forgotten())
 
     def forget(self, batch_ids: Collection[int]) -> None:
@@ -298,11 +300,11 @@ class Uplink:
                 if not self._wake and not self._acks:
                     self._cond.wait(_POLL_SECONDS)
                 self._wake = False
-            self._settle_acks()
             try:
+                self._settle_acks()
                 self._fill_window()
-            except Exception:  # a store error must not kill the uplink; the batch stays buffered
-                log.exception("uplink: cannot read the batch store")
+            except Exception:  # a store error (a full disk) must not kill the uplink; the batch stays buffered
+                log.exception("uplink: cannot use the batch store")
                 self._stop_sending.wait(_POLL_SECONDS)
 
     def _settle_acks(self) -> None:
@@ -310,19 +312,27 @@ class Uplink:
             with self._cond:
                 if not self._acks:
                     return
-                ack = self._acks.popleft()
-            if self._book.take_forgotten(ack.batch_id):
-                log.info("uplink: PUBACK for purged batch %d ignored", ack.batch_id)
-            elif ack.reason_code < 0x80:
-                self._delivery.delivered(ack.batch_id)
-                self._book.delivered(ack.batch_id, self._clock())
-            else:
-                log.warning("uplink: broker rejected batch %d (%s); keeping it, retry in %.0f s",
-                            ack.batch_id, ack.reason, self.config.rejected_retry)
-                self._book.rejected(ack.batch_id, self.config.rejected_retry)
+                # Left in the queue while it is settled: a purge meanwhile sees it in flight (may have left).
+                ack = self._acks[0]
+            try:
+                self._settle(ack)
+            finally:
                 with self._cond:
-                    self._last_error = f"broker rejected batch {ack.batch_id}: {ack.reason}"
+                    self._acks.popleft()
             self._in_flight_changed()
+
+    def _settle(self, ack: Ack) -> None:
+        if self._book.take_forgotten(ack.batch_id):
+            log.info("uplink: PUBACK for purged batch %d ignored", ack.batch_id)
+        elif ack.reason_code < 0x80:
+            self._delivery.delivered(ack.batch_id)
+            self._book.delivered(ack.batch_id, self._clock())
+        else:
+            log.warning("uplink: broker rejected batch %d (%s); keeping it, retry in %.0f s",
+                        ack.batch_id, ack.reason, self.config.rejected_retry)
+            self._book.rejected(ack.batch_id, self.config.rejected_retry)
+            with self._cond:
+                self._last_error = f"broker rejected batch {ack.batch_id}: {ack.reason}"
 
     def _broker_name(self) -> str:
         endpoint = self._endpoint
@@ -346,11 +356,8 @@ class Uplink:
 
     def _send_one(self, session: Session, batch: Any) -> bool:
         payload = bytes(batch.payload)
-        delay = self._limiter.delay_for(len(payload))
-        while delay > 0:
-            if self._stop_sending.wait(delay) or session.is_closed:
-                return False
-            delay = self._limiter.delay_for(len(payload))
+        if not self._pace(session, len(payload)):
+            return False
         try:
             topic = data_topic(self.config.topic_prefix, self.vehicle_id, batch.stream)
             props = publish_properties(batch_properties.user_properties(batch), batch_properties.CONTENT_TYPE)
@@ -377,6 +384,20 @@ class Uplink:
         if handed:
             self._in_flight_changed()
         return handed
+
+    def _pace(self, session: Session, size: int) -> bool:
+        """Wait for the byte rate limit; PUBACKs that arrive meanwhile are settled at once (ledger entry,
+        then delete), so a revocation during a long wait finds them recorded, not purged unrecorded."""
+        delay = self._limiter.delay_for(size)
+        while delay > 0:
+            with self._cond:
+                if not self._acks and not self._stop_sending.is_set():
+                    self._cond.wait(min(delay, _POLL_SECONDS))
+            if self._stop_sending.is_set() or session.is_closed:
+                return False
+            self._settle_acks()
+            delay = self._limiter.delay_for(size)
+        return True
 
     def _not_released(self, batch_id: int, why: Release) -> bool:
         if why is Release.REFUSED:  # purged by the gate: go on with the next batch
