@@ -8,8 +8,10 @@ privacy stage never uploads (fail closed).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cantools.database import Database
 
@@ -153,3 +155,13 @@ def draft_catalog(database: Database, dbc_name: str) -> str:
 
 __all__ = ["Catalog", "CatalogEntry", "ConfigError", "catalog_path_for", "draft_catalog", "guess_category",
            "load_catalog"]
+
+
+def load_catalogs(bus_dbcs: Mapping[str, Sequence[Any]], explicit: Sequence[str]) -> Catalog:
+    """The catalogs beside the given DBC files (``agent.dbc.LoadedDbc``, ``NAME.catalog.yaml`` next to each)
+    and the explicit ones, merged."""
+    catalog = Catalog.empty()
+    paths = [catalog_path_for(d.path) for dbcs in bus_dbcs.values() for d in dbcs]
+    for path in [p for p in paths if p.is_file()] + [Path(p) for p in explicit]:
+        catalog = catalog.merged(load_catalog(path))
+    return catalog

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+# Re-exported for the subcommands: loading a config's DBCs belongs to the composition root.
+__all__ = ["decoder_from_config", "load_catalogs"]
+
 import argparse
 import fnmatch
 from collections.abc import Callable
-from pathlib import Path
 
-from agent.catalog import Catalog, catalog_path_for, load_catalog
+from agent.catalog import load_catalogs
 from agent.config import AgentConfig, load_config
 from agent.dbc import LoadedDbc, load_dbc
 from agent.decode import ALL_DBCS, Decoder
+from agent.flow.parts import decoder_from_config
 from agent.model import SignalSpec
 from agent.sources.log import LogSource
 
@@ -51,14 +54,6 @@ def load_dbcs(specs: list[str]) -> dict[str, list[LoadedDbc]]:
     return bus_dbcs
 
 
-def load_catalogs(bus_dbcs: dict[str, list[LoadedDbc]], explicit: list[str]) -> Catalog:
-    catalog = Catalog.empty()
-    paths = [catalog_path_for(d.path) for dbcs in bus_dbcs.values() for d in dbcs]
-    for path in [p for p in paths if p.is_file()] + [Path(p) for p in explicit]:
-        catalog = catalog.merged(load_catalog(path))
-    return catalog
-
-
 def glob_filter(patterns: list[str] | None) -> Callable[[SignalSpec], bool] | None:
     if not patterns:
         return None
@@ -76,12 +71,6 @@ def decoder_from_args(args: argparse.Namespace, wanted: Callable[[SignalSpec], b
     if j1939 is not None and not j1939:
         j1939 = ["*"]
     return Decoder(bus_dbcs, catalog, wanted=wanted, j1939_buses=j1939 or ())
-
-
-def decoder_from_config(config: AgentConfig, wanted: Callable[[SignalSpec], bool] | None = None) -> Decoder:
-    bus_dbcs = {bus.name: [load_dbc(config.resolve(path)) for path in bus.dbc] for bus in config.buses}
-    catalog = load_catalogs(bus_dbcs, [])
-    return Decoder(bus_dbcs, catalog, wanted=wanted, j1939_buses=[b.name for b in config.buses if b.j1939])
 
 
 def bus_map_from_config(config: AgentConfig) -> dict[str, str]:

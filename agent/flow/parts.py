@@ -6,16 +6,19 @@ Nothing here joins two stages; ``build`` does that, in one place.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.buffer.store import BatchStore
-from agent.cli.common import decoder_from_config
+from agent.catalog import load_catalogs
 from agent.collect import CollectionPlan, SignalIndex, parse_collection
 from agent.config import AgentConfig
+from agent.dbc import load_dbc
 from agent.decode import Decoder
 from agent.incident.config import incident_config
 from agent.ledger import Ledger
+from agent.model import SignalSpec
 from agent.privacy import ConsentPolicy, ConsentStore, Pseudonymizer, consent_config
 from agent.privacy.store import load_state_file
 from agent.service.statedir import prepare_state_dir
@@ -41,6 +44,13 @@ def vehicle_identity(config: AgentConfig | None, pseudonymizer: Pseudonymizer | 
             pseudonymizer = Pseudonymizer.in_dir(state_dir_of(config))
         return "v" + pseudonymizer.vehicle_pseudonym(config.vehicle.vin)[:32]
     return config.vehicle.id
+
+
+def decoder_from_config(config: AgentConfig, wanted: Callable[[SignalSpec], bool] | None = None) -> Decoder:
+    """A decoder for the configured buses: their DBCs, and the catalogs beside them."""
+    bus_dbcs = {bus.name: [load_dbc(config.resolve(path)) for path in bus.dbc] for bus in config.buses}
+    catalog = load_catalogs(bus_dbcs, [])
+    return Decoder(bus_dbcs, catalog, wanted=wanted, j1939_buses=[b.name for b in config.buses if b.j1939])
 
 
 def decoder_for(config: AgentConfig, plan: CollectionPlan) -> Decoder:
@@ -120,5 +130,5 @@ def build_consent(config: AgentConfig | None, grant_all: bool = False, consent_f
     )
 
 
-__all__ = ["Consent", "build_consent", "collection_plan", "decoder_for", "open_store", "state_dir_of",
-           "vehicle_identity"]
+__all__ = ["Consent", "build_consent", "collection_plan", "decoder_for", "decoder_from_config", "open_store",
+           "state_dir_of", "vehicle_identity"]
