@@ -13,69 +13,72 @@ from pathlib import Path
 from typing import Any
 
 from agent import schema
-from agent.netlocal import LOOPBACK_ONLY_INTERFACES, local_bus_problem
+from agent.netlocal import bus_problem
 from agent.yamlsrc import ConfigError, Located, load_file, load_text
+
+# Bus names are frame labels and file-name parts: no dots.
+BUS_NAME = schema.Text(64, "A-Za-z0-9_-", min_len=1, what="letters, digits, - and _")
 
 
 @dataclass
 class VehicleConfig:
     # Internal id used in topics and batch headers.  Never the VIN: the VIN is
     # identity data and is only ever sent as a keyed pseudonym.
-    id: str = "demo-vehicle"
-    model: str = ""
+    id: str = field(default="demo-vehicle", metadata=schema.text(schema.ID))
+    model: str = field(default="", metadata=schema.text(schema.NAME))
     # The VIN, when known.  It never leaves the car: with a VIN set, topics and
     # batch headers carry a keyed pseudonym of it (HMAC-SHA256, per-vehicle key
     # in the state dir) instead of ``id``.
-    vin: str = ""
+    vin: str = field(default="", metadata=schema.text(schema.Text(32)))
 
 
 @dataclass
 class BusConfig:
-    name: str
+    name: str = field(metadata=schema.text(BUS_NAME))
     # python-can interface: socketcan, virtual, socketcand, pcan, ...
-    interface: str = "virtual"
-    channel: str = ""
-    bitrate: int = 500000
+    interface: str = field(default="virtual", metadata=schema.text(schema.Text(64)))
+    channel: str = field(default="", metadata=schema.text(schema.Text(256)))
+    bitrate: int = field(default=500000, metadata=schema.num(1_000, 10_000_000))
     fd: bool = False
-    data_bitrate: int | None = None
-    dbc: list[str] = field(default_factory=list)
+    data_bitrate: int | None = field(default=None, metadata=schema.num(1_000, 20_000_000))
+    dbc: list[str] = field(default_factory=list, metadata=schema.text(schema.PATH))
     # Match extended frames on their J1939 PGN (ignoring source address) even
     # when the DBC does not declare ProtocolType J1939.
     j1939: bool = False
     # When replaying a log: which log channel is this bus (candump name such as
     # "can1", or the reader's channel number: ASC/BLF count from 0, TRC from 1).
-    log_channel: str | int | None = None
-    # Extra python-can constructor arguments (e.g. host/port for socketcand).
+    log_channel: str | int | None = field(default=None, metadata=schema.num(0, 1023, text=schema.Text(64)))
+    # Extra python-can constructor arguments (e.g. host/port for socketcand); numbers finite, text bounded.
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class StateConfig:
     # Where the buffer, consent state, ledger and keys live (created 0700).
-    dir: str = "state"
+    dir: str = field(default="state", metadata=schema.text(schema.PATH))
 
 
 @dataclass
 class BatchingConfig:
     # A batch closes after this much data time (or wall time, for a quiet bus) ...
-    max_age_s: float = 10.0
+    max_age_s: float = field(default=10.0, metadata=schema.num(0.01, 86_400))
     # ... or when its compressed size reaches this (well under broker limits).
-    max_bytes: int = 65536
+    max_bytes: int = field(default=65536, metadata=schema.num(1024, 16 * 1024 * 1024))
 
 
 @dataclass
 class BufferConfig:
     # SQLite file inside state.dir.
-    file: str = "buffer.sqlite"
+    file: str = field(default="buffer.sqlite", metadata=schema.text(schema.PATH))
     # Byte quota of stored batches; when full: lowest priority, then oldest, evicted.
-    quota_mb: float = 256.0
+    quota_mb: float = field(default=256.0, metadata=schema.num(0.001, 1_048_576))
     # Streams never evicted by the quota (locked incident snapshots).
-    never_evict: list[str] = field(default_factory=lambda: ["incident"])
-    # Per-stream time to live in seconds (unsent batches older than this expire).
-    ttl_s: dict[str, float] = field(default_factory=dict)
+    never_evict: list[str] = field(default_factory=lambda: ["incident"], metadata=schema.text(schema.ID))
+    # Per-stream time to live in seconds (unsent batches older than this expire; at most 10 years).
+    ttl_s: dict[str, float] = field(default_factory=dict, metadata=schema.num(0.001, 315_360_000))
     # SQLite synchronous mode in WAL: FULL survives power loss (every commit is
     # fsynced); NORMAL survives kill -9 but may lose the last commits on power loss.
-    synchronous: str = "FULL"
+    synchronous: str = field(default="FULL", metadata=schema.text(schema.Text(16)))
 
 
 @dataclass
@@ -87,16 +90,21 @@ class AgentConfig:
     # the stage that interprets them (rules need expression positions).
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
-    collection: dict[str, Any] = field(default_factory=dict)
-    uplink: dict[str, Any] = field(default_factory=dict)
-    consent: dict[str, Any] = field(default_factory=dict)
-    camera: dict[str, Any] = field(default_factory=dict)
-    incidents: dict[str, Any] = field(default_factory=dict)
+    collection: dict[str, Any] = field(default_factory=dict,
+                                       metadata=schema.deferred("agent.collect.rules:_Collection"))
+    uplink: dict[str, Any] = field(default_factory=dict,
+                                   metadata=schema.deferred("agent.uplink.config:UplinkConfig"))
+    consent: dict[str, Any] = field(default_factory=dict,
+                                    metadata=schema.deferred("agent.privacy.config:ConsentConfig"))
+    camera: dict[str, Any] = field(default_factory=dict,
+                                   metadata=schema.deferred("agent.camera.config:CameraConfig"))
+    incidents: dict[str, Any] = field(default_factory=dict,
+                                      metadata=schema.deferred("agent.incident.config:_Incidents"))
     # Not from YAML: the file this came from and its located document, so later
     # stages can report file:line for their own sections.
-    source: str = "<defaults>"
-    base_dir: Path = field(default_factory=Path.cwd)
-    document: Located | None = None
+    source: str = field(default="<defaults>", metadata=schema.INTERNAL)
+    base_dir: Path = field(default_factory=Path.cwd, metadata=schema.INTERNAL)
+    document: Located | None = field(default=None, metadata=schema.INTERNAL)
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative).expanduser()
@@ -120,30 +128,32 @@ def _validate(config: AgentConfig, doc: Located) -> None:
     if config.vehicle.vin and not _VIN_RE.match(config.vehicle.vin.replace(" ", "").upper()):
         raise doc.error(("vehicle", "vin"), "not a 17-character VIN")
     names: set[str] = set()
-    for index, bus in enumerate(config.buses):
-        if not bus.name or not bus.name.replace("_", "").replace("-", "").isalnum():
-            raise doc.error(("buses", index, "name"), f"bus name must be letters, digits, - or _, got {bus.name!r}")
+    for index, bus in enumerate(config.buses):  # names and numbers: checked by their declarations
         if bus.name in names:
             raise doc.error(("buses", index, "name"), f"duplicate bus name {bus.name!r}")
         names.add(bus.name)
-        if bus.bitrate <= 0:
-            raise doc.error(("buses", index, "bitrate"), "must be positive")
-        problem = local_bus_problem({"interface": bus.interface, **bus.options})
+        arguments = {"interface": bus.interface, **bus.options}
+        if bus.channel is not None:
+            arguments["channel"] = bus.channel
+        problem = bus_problem(arguments)
         if problem is not None:  # CAN traffic stays on this machine (see agent/netlocal.py)
-            key = "options" if bus.interface in LOOPBACK_ONLY_INTERFACES else "interface"
-            raise doc.error(("buses", index, key), problem)
+            key = problem.field if problem.field in ("interface", "channel") else "options"
+            raise doc.error(("buses", index, key), problem.message)
         for dbc_index, dbc in enumerate(bus.dbc):
-            if not config.resolve(dbc).is_file():
+            try:
+                found = config.resolve(dbc).is_file()
+            except OSError as exc:  # e.g. permission denied on a directory of the path
+                raise doc.error(("buses", index, "dbc", dbc_index), f"cannot check {dbc}: {exc.strerror}") from None
+            if not found:
                 raise doc.error(("buses", index, "dbc", dbc_index), f"no such file {dbc}")
 
 
 def _validate_sections(config: AgentConfig, doc: Located) -> None:
-    if config.batching.max_age_s <= 0:
-        raise doc.error(("batching", "max_age_s"), "must be positive")
-    if config.batching.max_bytes < 1024:
-        raise doc.error(("batching", "max_bytes"), "must be at least 1024")
-    if config.buffer.quota_mb <= 0:
-        raise doc.error(("buffer", "quota_mb"), "must be positive")
+    # Numbers (max_age_s, max_bytes, quota_mb, ttl_s) are checked by their declared ranges.
+    for stream in config.buffer.ttl_s:
+        problem = schema.ID.problem(stream)
+        if problem:
+            raise doc.error(("buffer", "ttl_s", stream), f"stream name {problem}")
     if config.buffer.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise doc.error(("buffer", "synchronous"), "must be FULL, NORMAL or EXTRA")
 
@@ -171,6 +181,11 @@ def from_document(doc: Located, base_dir: Path) -> AgentConfig:
     return config
 
 
+def limits_table() -> str:
+    """Every configuration key with its limit, as the Markdown table of ``docs/configuration.md``."""
+    return schema.markdown_table(AgentConfig)
+
+
 def load_config(path: str | Path) -> AgentConfig:
     path = Path(path)
     doc = load_file(path)
@@ -182,4 +197,4 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
 
 
 __all__ = ["AgentConfig", "BatchingConfig", "BufferConfig", "BusConfig", "ConfigError", "StateConfig",
-           "VehicleConfig", "load_config", "parse_config"]
+           "VehicleConfig", "limits_table", "load_config", "parse_config"]

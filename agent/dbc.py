@@ -3,6 +3,15 @@
 cantools does all the parsing.  This module only decides when to fall back to
 ``strict=False`` (real-world DBCs, e.g. opendbc's, often have overlapping
 signals) and turns cantools' messages into ``file:line: problem`` form.
+
+Limits (``docs/configuration.md``, "DBC files"), checked before cantools sees the
+file: cantools needs about 4 KB of memory per signal, so a DBC past them could
+take the agent over its service unit's ``MemoryMax=512M``.  The largest real DBC
+we know (Model3CAN.dbc: 384 KB, 148 messages, 3,172 signals) is far below them.
+
+* ``MAX_DBC_BYTES``: 4 MiB per file;
+* ``MAX_DBC_MESSAGES``: 5,000 messages (``BO_``) per file;
+* ``MAX_DBC_SIGNALS``: 50,000 signals (``SG_``) per file.
 """
 
 from __future__ import annotations
@@ -18,7 +27,13 @@ from cantools.database import Database
 
 log = logging.getLogger(__name__)
 
+MAX_DBC_BYTES = 4 * 1024 * 1024
+MAX_DBC_MESSAGES = 5_000
+MAX_DBC_SIGNALS = 50_000
+
 _LINE_RE = re.compile(r"line (\d+)")
+_MESSAGE_RE = re.compile(rb"^[ \t]*BO_[ \t]", re.MULTILINE)
+_SIGNAL_RE = re.compile(rb"^[ \t]*SG_[ \t]", re.MULTILINE)
 _QUOTED_NAME_RE = re.compile(r"(?:signals?|message) ([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -72,13 +87,29 @@ def _first_line(error: str) -> str:
     return " ".join(lines)[:300]
 
 
+def _check_limits(path: Path, data: bytes) -> None:
+    """Refuse a DBC past the documented limits, naming the limit (and the line where it was passed)."""
+    if len(data) > MAX_DBC_BYTES:
+        raise DbcError(f"{path}: DBC larger than the limit of {MAX_DBC_BYTES} bytes (4 MiB); refused unparsed")
+    for pattern, limit, what in ((_MESSAGE_RE, MAX_DBC_MESSAGES, "messages (BO_)"),
+                                 (_SIGNAL_RE, MAX_DBC_SIGNALS, "signals (SG_)")):
+        for count, match in enumerate(pattern.finditer(data), start=1):
+            if count > limit:
+                line = data.count(b"\n", 0, match.start()) + 1
+                raise DbcError(f"{path}:{line}: DBC has more than the limit of {limit} {what}; refused unparsed")
+
+
 def load_dbc(path: str | Path) -> LoadedDbc:
-    """Load one DBC; strict first, then non-strict with a warning naming the problem."""
+    """Load one DBC; strict first, then non-strict with a warning naming the problem.
+
+    A file past the limits (size, messages, signals) is refused before cantools parses it."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_DBC_BYTES + 1)  # never more than the limit in memory
     except OSError as exc:
         raise DbcError(f"{path}: cannot read DBC: {exc.strerror or exc}") from None
+    _check_limits(path, data)
     text = data.decode("cp1252", errors="replace")
     digest = hashlib.sha256(data).hexdigest()
     capture = _CaptureCantoolsLog()

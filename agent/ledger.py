@@ -5,20 +5,25 @@ One JSON line per entry::
     {"seq": 7, "time": 1718000000.5, "kind": "upload", "fields": {...},
      "prev": "<sha256 of line 6's bytes>", "hash": "<sha256 of this entry without 'hash'>"}
 
-Kinds: ``consent_change``, ``upload`` (category, signal count, time range,
-transform level, bytes, payload hash, broker host), ``purge``,
-``may_have_left`` (batches purged while handed to MQTT without an
-acknowledgement), ``remote_refused`` (a network attempt to widen consent),
-``export``, ``ledger_repair`` (a torn last line moved aside) and ``ledger_gap``
-(entries that could not be written at once).  Entries carry counts, hashes and names only, never a signal value,
-a position or the VIN: ``append`` refuses fields that look like personal values.
+Kinds: ``consent_change``, ``upload`` (category, signal count, time range, transform level, bytes, payload
+hash, broker host), ``purge``, ``may_have_left`` (batches purged while handed to MQTT without an
+acknowledgement), ``remote_refused`` (a network attempt to widen consent), ``export``, ``ledger_repair`` (a torn
+last line moved aside) and ``ledger_gap`` (entries that could not be written at once).  Entries carry counts,
+hashes and names only, never a signal value, a position or the VIN: ``append`` refuses fields whose name or
+value looks like one (``check_fields`` in agent/ledger_chain.py).
 
 ``verify()`` re-checks every hash, sequence number and link and names the first
 bad line: an edited byte, a deleted line or two swapped lines are all found.  A
 small head file (``ledger.head``: last seq and its line hash) also catches
-lines cut off the end.  The chain proves the file was not changed after the
-fact by accident or by a careless edit; someone able to rewrite the whole file
-and the head could forge a new chain, which is why exports carry the head hash.
+lines cut off the end.  Once the ledger has had an entry, its absence is damage
+too: ``ledger.created`` (written once, with the hash of the first line) and the
+consent file (every consent change is recorded here) say the ledger existed, so
+a missing head, a missing ledger or a ledger started afresh is reported.  The
+chain proves the file was not changed after the fact by accident or by a
+careless edit; someone able to rewrite every file of the state directory
+consistently could forge a new chain, which is why the head also leaves the car
+(``anchor()``: in the status message, in every export) and ``compare_anchor``
+(agent/ledger_chain.py) checks the ledger against such a copy.
 
 A power cut mid-append leaves a partial last line.  It is never kept nor dropped
 in silence: the next append (or ``repair()``, run by ``Ledger.in_dir``) moves the
@@ -31,7 +36,6 @@ raise: the entry waits in memory (``blocked``) and ``flush_deferred()`` writes a
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -39,8 +43,32 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.ledger_chain import GENESIS, LedgerEntry, VerifyResult, canonical, sha256_hex, verify_bytes
-from agent.ledger_recovery import MAX_DEFERRED, DeferredWrites, save_torn
+from agent.ledger_chain import (
+    FORBIDDEN_FIELDS,
+    GENESIS,
+    LedgerEntry,
+    StateNames,
+    VerifyResult,
+    canonical,
+    check_fields,
+    loads_limited,
+    looks_personal,
+    parse_line,
+    sha256_hex,
+    text_problem,
+    verify_bytes,
+    verify_state,
+)
+from agent.ledger_recovery import (
+    MAX_DEFERRED,
+    DeferredWrites,
+    complete_lines,
+    created_record,
+    last_complete_line,
+    read_json,
+    save_torn,
+    shared_lock,
+)
 from agent.privacy import durable
 from agent.privacy.durable import ensure_private_dir, file_lock, truncate_synced
 
@@ -50,27 +78,12 @@ LEDGER_FILE = "ledger.jsonl"
 KINDS = ("consent_change", "upload", "purge", "may_have_left", "remote_refused", "export", "ledger_repair",
          "ledger_gap")
 RETRY_INTERVAL_S = 1.0  # an append while blocked tries to flush at most this often
-# Field names that would mean a raw personal value is being written.
-FORBIDDEN_FIELDS = frozenset({"latitude", "longitude", "lat", "lon", "position", "vin", "values", "value",
-                              "payload", "altitude"})
+CONSENT_FILE = "consent.jsonl"  # agent.privacy.store.STATE_FILE: every change in it is also a ledger entry
 
 
 def _sorted_ids(ids: Iterable[int | str]) -> list[int | str]:
     items = list(ids)
     return sorted(items) if all(isinstance(i, int) for i in items) else sorted(items, key=str)
-
-
-def _check_fields(fields: Any, path: str = "fields") -> None:
-    if isinstance(fields, dict):
-        for key, value in fields.items():
-            if str(key).lower() in FORBIDDEN_FIELDS:
-                raise ValueError(f"ledger: {path}.{key} looks like a personal value; the ledger never stores them")
-            _check_fields(value, f"{path}.{key}")
-    elif isinstance(fields, (list, tuple)):
-        for index, item in enumerate(fields):
-            _check_fields(item, f"{path}[{index}]")
-    elif not (fields is None or isinstance(fields, (str, int, float, bool))):
-        raise ValueError(f"ledger: {path} must be plain JSON data, got {type(fields).__name__}")
 
 
 class Ledger:
@@ -81,6 +94,8 @@ class Ledger:
                  monotonic: Callable[[], float] = time.monotonic, max_deferred: int = MAX_DEFERRED) -> None:
         self.path = Path(path)
         self.head_path = self.path.with_suffix(".head")
+        self.created_path = self.path.with_suffix(".created")  # written once, at the first entry
+        self.consent_path = self.path.with_name(CONSENT_FILE)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.clock = clock
         self.monotonic = monotonic
@@ -89,6 +104,7 @@ class Ledger:
         self._waiting = DeferredWrites(max_deferred)
         self._last_try = float("-inf")
         self._last_problem = ""  # said once, not at every flush attempt
+        self._created = False  # ledger.created is known to exist
 
     @classmethod
     def in_dir(cls, state_dir: str | Path, clock: Callable[[], float] = time.time, *, repair: bool = True,
@@ -126,7 +142,7 @@ class Ledger:
         memory, behind any already waiting, and None is returned; ``defer=False`` raises it."""
         if kind not in KINDS:
             raise ValueError(f"ledger: unknown entry kind {kind!r} (known: {', '.join(KINDS)})")
-        _check_fields(fields)
+        check_fields(fields)
         when = round(self.clock(), 6)
         with self._lock:
             if self.blocked:
@@ -234,7 +250,19 @@ class Ledger:
             durable.write_replace(self.head_path, canonical({"seq": entry.seq, "line_sha256": line_hash}) + b"\n")
         except OSError as exc:  # the line is written; a head behind the file still verifies, the next append fixes it
             log.warning("%s: entry %d written but the head file could not be updated: %s", self.path, entry.seq, exc)
+        if not self._created:
+            self._mark_created(entry.seq, entry.time, line_hash)
         return entry
+
+    def _mark_created(self, seq: int, when: float, line_hash: str) -> None:
+        """``ledger.created``, once: from now on the ledger is known to exist, and which line it started with."""
+        try:
+            if not self.created_path.exists():
+                record = created_record(self.path, seq, when, line_hash)
+                durable.write_replace(self.created_path, canonical(record) + b"\n")
+            self._created = True
+        except OSError as exc:  # tried again at the next append
+            log.warning("%s: cannot write %s: %s", self.path, self.created_path.name, exc)
 
     def _undo_partial(self, size: int) -> None:
         """An append that failed may have left part of its line: cut it (the entry itself is kept to retry)."""
@@ -259,8 +287,8 @@ class Ledger:
         seq, last_hash = 0, GENESIS
         if last:
             try:
-                seq, last_hash = int(json.loads(last)["seq"]), sha256_hex(last)
-            except (ValueError, KeyError, TypeError):
+                seq, last_hash = int(loads_limited(last)["seq"]), sha256_hex(last)
+            except (ValueError, KeyError, TypeError, OverflowError):
                 raise ValueError(f"{self.path}: the last line is not a ledger entry; run `vehicle-agent ledger "
                                  "verify`") from None
         self._tail = (cut, seq, last_hash)
@@ -291,6 +319,10 @@ class Ledger:
         detail = {k: v for k, v in change.detail.items() if k in ("expiry", "expires_at", "level", "was", "purpose",
                                                                   "zone", "radius_m", "ended", "revoked",
                                                                   "location_off_at_ignition", "from_version")}
+        purpose = detail.get("purpose")
+        if isinstance(purpose, str) and text_problem("purpose", purpose) is not None:
+            # The owner's words look like a VIN or a position: the change is recorded, those words are not.
+            detail["purpose"], detail["purpose_withheld"] = None, looks_personal(purpose) or "too long"
         return self.append("consent_change", {"version": change.version, "change": change.kind,
                                               "source": change.source, "category": change.category,
                                               "detail": detail, "purge": sorted(change.purge)})
@@ -332,32 +364,42 @@ class Ledger:
         for line in data.split(b"\n"):
             if not line:
                 continue
-            try:
-                entry = LedgerEntry.from_json(json.loads(line))
-            except (ValueError, KeyError, TypeError):
+            entry = parse_line(line)
+            if isinstance(entry, str):
                 continue
             if since is None or entry.time >= since:
                 out.append(entry)
         return out
 
     def head(self) -> dict[str, Any] | None:
+        head = read_json(self.head_path)
+        return head if head != {} else {"seq": -1, "line_sha256": ""}
+
+    def anchor(self) -> dict[str, Any] | None:
+        """``{"seq", "line_sha256"}`` of the last complete entry (what the status message carries, to be kept
+        outside the car); None for an empty ledger or when its last line is not an entry.  Only reads."""
+        tail = self._tail
         try:
-            return json.loads(self.head_path.read_bytes())
+            size = self.path.stat().st_size
+            if tail is not None and tail[0] == size:
+                return {"seq": tail[1], "line_sha256": tail[2]} if tail[1] else None
+            last = last_complete_line(self.path)
         except FileNotFoundError:
             return None
-        except ValueError:
-            return {"seq": -1, "line_sha256": ""}
+        entry = parse_line(last) if last else "empty"
+        return None if isinstance(entry, str) else {"seq": entry.seq, "line_sha256": sha256_hex(last)}
 
     def verify(self) -> VerifyResult:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            head = self.head()
-            if head and head.get("seq"):
-                return VerifyResult(False, 0, None, None, f"the ledger file is missing but {head['seq']} entries "
-                                                          "were written")
-            return VerifyResult(True, 0)
-        return verify_bytes(data, self.head())
+        """The chain, the head, and that the ledger is all there (see the module docstring)."""
+        with shared_lock(self.lock_path):
+            try:
+                data: bytes | None = self.path.read_bytes()
+            except FileNotFoundError:
+                data = None
+            head, created = self.head(), read_json(self.created_path)
+        return verify_state(data, head, created, complete_lines(self.consent_path),
+                            StateNames(self.head_path.name, self.created_path.name, self.consent_path.name))
 
 
-__all__ = ["GENESIS", "KINDS", "LEDGER_FILE", "Ledger", "LedgerEntry", "VerifyResult", "verify_bytes"]
+__all__ = ["FORBIDDEN_FIELDS", "GENESIS", "KINDS", "LEDGER_FILE", "Ledger", "LedgerEntry", "VerifyResult",
+           "verify_bytes"]

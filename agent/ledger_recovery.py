@@ -1,4 +1,4 @@
-"""How the ledger (agent/ledger.py) gets over failed writes.
+"""How the ledger (agent/ledger.py) gets over failed writes, and the small file readers it uses.
 
 * A torn last line (a power cut mid-append) is saved, byte for byte, to a file
   next to the ledger (``save_torn``) before the ledger is cut back to its last
@@ -7,19 +7,26 @@
   wait in memory, in order and bounded (``DeferredWrites``); when the file is
   writable again a ``ledger_gap`` entry says how long, how many and why, and
   the waiting entries follow it.
+* ``read_json``, ``complete_lines``, ``last_complete_line`` and ``shared_lock`` only read: ``verify`` and
+  ``anchor`` use them, and they never raise on hostile content (a head nested 100 000 deep is "unreadable").
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 from collections import Counter, deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agent.ledger_chain import loads_limited, parse_line, sha256_hex
 from agent.privacy.durable import fsync_dir
 
 MAX_DEFERRED = 4096  # entries kept in memory while the file cannot be written; beyond it they are counted lost
+TAIL_READ_MAX = 16 << 20  # last_complete_line: a last line longer than this is not looked for
 
 
 def errno_name(exc: OSError) -> str:
@@ -50,6 +57,74 @@ def save_torn(ledger_path: Path, torn: bytes, stamp: int) -> Path:
             raise
         return target
     raise OSError(errno.EEXIST, f"{ledger_path}: no free name for the torn bytes")
+
+
+def created_record(ledger_path: Path, seq: int, when: float, line_hash: str) -> dict[str, Any]:
+    """What ``ledger.created`` holds: the SHA-256 (and time) of the ledger's first line."""
+    if seq == 1:
+        return {"first_line_sha256": line_hash, "first_time": when}
+    with ledger_path.open("rb") as handle:  # a ledger older than the marker: its first line as it is now
+        line = handle.readline().rstrip(b"\n")
+    entry = parse_line(line)
+    return {"first_line_sha256": sha256_hex(line), "first_time": None if isinstance(entry, str) else entry.time,
+            "marked_at_seq": seq}
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON state file: None when missing, ``{}`` when unreadable (edited, nested, not an object)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        value = loads_limited(data[:1 << 16])
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def complete_lines(path: Path) -> int:
+    try:
+        return sum(1 for line in path.read_bytes().split(b"\n")[:-1] if line.strip())
+    except OSError:
+        return 0
+
+
+def last_complete_line(path: Path, limit: int = TAIL_READ_MAX) -> bytes:
+    """The file's last newline-terminated line (a torn tail after it is ignored), read from the end."""
+    with path.open("rb") as handle:
+        position = handle.seek(0, 2)
+        buffer = b""
+        while position > 0 and len(buffer) < limit:
+            step = min(1 << 16, position)
+            position -= step
+            handle.seek(position)
+            buffer = handle.read(step) + buffer
+            end = buffer.rfind(b"\n")
+            if end < 0:
+                continue
+            start = buffer.rfind(b"\n", 0, end)
+            if start >= 0 or position == 0:
+                return buffer[start + 1:end]
+    return b""
+
+
+@contextlib.contextmanager
+def shared_lock(path: Path) -> Iterator[None]:
+    """The writers' lock, shared, when it can be had without writing anything (verify only reads)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 class DeferredWrites:
@@ -104,4 +179,5 @@ class DeferredWrites:
         return int(getattr(errno, self.error, errno.EIO))
 
 
-__all__ = ["MAX_DEFERRED", "DeferredWrites", "errno_name", "save_torn"]
+__all__ = ["MAX_DEFERRED", "DeferredWrites", "complete_lines", "created_record", "errno_name", "last_complete_line",
+           "read_json", "save_torn", "shared_lock"]

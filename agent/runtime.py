@@ -1,8 +1,9 @@
 """The running agent: live buses -> pipeline -> buffer -> uplink, for months.
 
 Threads:
-* one python-can Notifier thread per bus puts frames into a bounded queue
-  (drops are counted: a live bus cannot wait);
+* one reader thread per bus puts frames into a bounded queue (drops are
+  counted: a live bus cannot wait); a bus that is missing or lost is retried
+  with backoff while the rest works (``agent.sources.live``);
 * the pipeline thread (``run``) takes frames, decodes, collects, filters by
   consent, batches and commits to the store; once a second it also ticks the
   batcher, consent expiry, camera intake and incident windows, and proves
@@ -15,6 +16,7 @@ Threads:
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -23,13 +25,15 @@ from pathlib import Path
 
 from agent.config import AgentConfig, load_config
 from agent.control import CommandRegistry, ControlServer, control_socket_path
+from agent.export.anchor import vehicle_anchor
+from agent.export.signing import load_or_create_key
 from agent.flow.build import BuildOptions, DataPath, build, build_data_path
 from agent.model import ALL_CATEGORIES
 from agent.privacy.commands import consent_commands
-from agent.privacy.remote import handle_remote_command
+from agent.privacy.remote import RemoteCommands
 from agent.service.resources import read_resources
 from agent.service.sdnotify import Notifier, ProgressWatchdog
-from agent.sources.live import LiveSource, bus_kwargs_from_config, open_bus
+from agent.sources.live import LiveSource, bus_kwargs_from_config
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 1.0
@@ -49,14 +53,16 @@ class AgentRuntime:
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self._flush_requested = threading.Event()
+        self._dump_requested = threading.Event()  # SIGUSR1: the status as one JSON line in the log
         self._next_health = time.monotonic() + HEALTH_EVERY_S
         self._rate_mark: tuple[float, dict[str, int]] = (time.monotonic(), {})
         self.bus_rates: dict[str, float] = {}
         self.reloads = {"ok": 0, "rejected": 0, "last_error": None}
         self.store_counters_at_stop: dict = {}
-        self._remote_commands: queue.Queue[bytes] = queue.Queue(maxsize=64)
+        # The commands topic: classified on the MQTT thread, applied and recorded (rate-limited) on the pipeline's.
+        self._remote_commands = RemoteCommands()
         self._options = BuildOptions(live=not bench_grant_all, grant_all=bench_grant_all, consent_file=consent_file,
-                                     uplink=True, on_command=self._queue_remote_command, health=self.health)
+                                     uplink=True, on_command=self._remote_commands.submit, health=self.health)
         stages = build(self.config, self._options)
         self.core = stages.core
         self.store, self.consent, self.uplink = self.core.store, self.core.consent, self.core.uplink
@@ -77,15 +83,10 @@ class AgentRuntime:
     def _open_buses(config: AgentConfig) -> LiveSource:
         if not config.buses:
             raise ValueError(f"{config.source}: no buses configured; the service needs at least one")
-        buses = {}
-        try:
-            for bus in config.buses:
-                buses[bus.name] = open_bus(bus_kwargs_from_config(bus))
-        except Exception:
-            for opened in buses.values():
-                opened.shutdown()
-            raise
-        return LiveSource(buses)
+        # A bus that cannot be opened yet (adapter late at boot, socketcand server not up) or that dies later is
+        # retried with backoff by its own thread while the rest runs; one that can never work (not local, unknown
+        # interface) raises BusUrlError: a configuration error.
+        return LiveSource.connect({bus.name: bus_kwargs_from_config(bus) for bus in config.buses})
 
     def _commands(self) -> CommandRegistry:
         registry = CommandRegistry(consent_commands(self.consent.policy))
@@ -95,6 +96,9 @@ class AgentRuntime:
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
+        # The signing key is made (and its fingerprint logged, for the owner to note) at the first start,
+        # before the first status message, which carries the fingerprint.
+        load_or_create_key(self.state_dir)
         self.control.start()
         if self.uplink is not None:
             self.uplink.start()
@@ -129,6 +133,15 @@ class AgentRuntime:
         self._reload_requested.set()
         return {"requested": True}
 
+    def request_status_dump(self) -> None:
+        """SIGUSR1 (any thread or a signal handler): the pipeline thread logs the status as one JSON line.
+        Not written from the handler itself: it may interrupt the pipeline while it holds the store's lock."""
+        self._dump_requested.set()
+
+    def _dump_status(self) -> None:
+        self._dump_requested.clear()
+        log.info("status: %s", json.dumps(self.status(), separators=(", ", ": "), default=str))
+
     def run(self) -> None:
         """The pipeline loop; returns after ``stop()`` once everything is flushed."""
         frames: queue.Queue = self.source.queue
@@ -152,25 +165,16 @@ class AgentRuntime:
                 if now >= next_housekeeping or self._flush_requested.is_set():
                     next_housekeeping = now + HOUSEKEEPING_S
                     self._housekeeping()
+                if self._dump_requested.is_set():
+                    self._dump_status()
         finally:
             self._shutdown()
 
-    def _queue_remote_command(self, payload: bytes) -> None:
-        """MQTT network thread: hand the command to the pipeline thread (a full queue drops it)."""
-        try:
-            self._remote_commands.put_nowait(payload)
-        except queue.Full:
-            log.warning("remote command dropped: too many pending")
-
     def _remote_consent(self) -> None:
-        # The network can only narrow consent: grants are refused, logged and written to the ledger.
-        while True:
-            try:
-                payload = self._remote_commands.get_nowait()
-            except queue.Empty:
-                return
-            accepted, reason = handle_remote_command(payload, self.consent.policy, self.consent.ledger)
-            log.info("remote consent command %s: %s", "accepted" if accepted else "refused", reason)
+        # The network can only narrow consent: refusals are counted, and written to the ledger and logged
+        # (fixed words and sizes only) at most RemoteCommands.per_minute a minute, then summarised.
+        for accepted, what in self._remote_commands.process(self.consent.policy, self.consent.ledger):
+            log.info("remote consent command %s: %s", "accepted" if accepted else "refused", what)
 
     def _measure_rates(self) -> None:
         """Frames per second per bus over the last housekeeping interval."""
@@ -210,14 +214,23 @@ class AgentRuntime:
         No sample is lost: the old pipeline is flushed into the store before the
         new one takes the next frame (frames wait in the bounded queue meanwhile).
         """
+        # Imported here to keep this change inside _reload (module imports are shared with other work).
+        from agent.privacy.config import consent_config
+        from agent.uplink.config import uplink_config
+
         self.notifier.reloading("reloading configuration")
         try:
             config = load_config(self.config_path)
+            # The core (uplink, consent) stays as it is, but a file the next start would refuse is refused now.
+            uplink_config(config)
+            consent_config(config)
             path = build_data_path(config, self.core, self._options)
-        except (ValueError, OSError) as exc:
+        except Exception as exc:  # whatever the new file does (even a bug it triggers), the running config stays
+            # One line, no traceback: the type and the message ("ConfigError: agent.yaml:4: key: problem").
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]
             self.reloads["rejected"] += 1
-            self.reloads["last_error"] = str(exc)
-            log.error("reload rejected, keeping the running configuration: %s", exc)
+            self.reloads["last_error"] = reason
+            log.error("reload rejected, keeping the running configuration: %s", reason)
             self.notifier.ready(self.status_line())
             return
         self.pipeline.flush()
@@ -244,6 +257,7 @@ class AgentRuntime:
             self.sidecars.close()
             if self.uplink is not None:
                 self.uplink.stop(timeout=5.0)
+            self._remote_commands.flush(self.consent.ledger)  # a pending summary of refused commands
         finally:
             self.control.stop()
             self.store_counters_at_stop = {"counters": self.store.counters(), "backlog": self.store.backlog()}
@@ -260,6 +274,7 @@ class AgentRuntime:
             "uptime_s": round(time.time() - self.started_at, 1),
             "resources": resources.as_dict(),
             "pipeline": self.pipeline.snapshot(),
+            "buses": self.source.states(),
             "dropped_at_bus": dict(self.source.dropped),
             "frames_per_s": dict(self.bus_rates),
             "buffer": {"counters": self.store.counters(), "backlog": self.store.backlog()},
@@ -267,8 +282,10 @@ class AgentRuntime:
             "consent": {"version": policy.version,
                         "granted": sorted(c for c in ALL_CATEGORIES if policy.is_granted(c))},
             "sidecars": self.sidecars.counters.as_dict(),
+            "camera_socket": camera.counters() if (camera := self.sidecars.camera_socket) is not None else None,
             "gate": self.core.gate.counters.as_dict(),
             "ledger": self._ledger_state(),
+            "remote_commands": self._remote_commands.counters(),
             "reloads": dict(self.reloads),
         }
 
@@ -297,13 +314,15 @@ class AgentRuntime:
             "batches_written": snap["batches_written"],
             "backlog_batches": self._backlog_batches(),
             "rss_mb": round(read_resources().rss_bytes / 1e6, 1),
+            "anchor": vehicle_anchor(self.consent.ledger),  # ledger head + signing key, kept outside the car
         }
 
     def status_line(self) -> str:
         snap = self.pipeline.snapshot()
         uplink = self.uplink.state()["state"] if self.uplink is not None else "off"
         backlog = self._backlog_batches()
-        return (f"frames {snap['frames_in']}, batches {snap['batches_written']}, backlog {backlog}, "
-                f"uplink {uplink}")
+        line = f"frames {snap['frames_in']}, batches {snap['batches_written']}, backlog {backlog}, uplink {uplink}"
+        # A bus that is not open: "bus gps waiting: cannot open bus ...: ConnectionRefusedError: ..., retry in 4 s".
+        return "; ".join([line, *(f"bus {name} {state}" for name, state in self.source.not_open().items())])
 
 

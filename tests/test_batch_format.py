@@ -7,6 +7,8 @@ import itertools
 import json
 import math
 import re
+import time
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from agent.batch import (
     schema_dictionary,
 )
 from agent.batch.columns import decode_times, decode_values, encode_times, encode_values
+from agent.batch.format import MAX_BODY_BYTES, MAX_ROWS
 from agent.buffer import BatchStore
 from agent.cli.main import main as cli_main
 from agent.model import Row, SignalSpec
@@ -293,3 +296,101 @@ def test_inspect_refuses_files_that_are_not_batches(tmp_path, capsys):
     truncated.write_bytes(_encode([_table()])[:-10])
     assert cli_main(["inspect", str(truncated)]) == 2
     assert "truncated batch at byte 0" in capsys.readouterr().err
+
+
+# -- decode limits (docs/payload.md, "Decode limits") ---------------------------------------------------------
+
+def _rebuilt(payload: bytes, edit_body=None, header_fields: dict | None = None, raw_body: bytes | None = None,
+             compressor: zstandard.ZstdCompressor | None = None) -> bytes:
+    """The payload with its body edited (or replaced by ``raw_body``) and recompressed, hash updated."""
+    envelope = msgpack.unpackb(payload)
+    if raw_body is None:
+        body = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(envelope["body"]))
+        edit_body(body)
+        raw_body = msgpack.packb(body)
+    compressed = (compressor or zstandard.ZstdCompressor(level=19)).compress(raw_body)
+    header = {**envelope["header"], **(header_fields or {}), "sha256": hashlib.sha256(compressed).hexdigest()}
+    return msgpack.packb({"header": header, "body": compressed})
+
+
+def _refused_quickly_and_small(payload: bytes, match: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises(BatchError, match=match):
+        decode_batch(payload)
+    assert time.perf_counter() - started < 2.0
+    tracemalloc.start()  # (it slows every allocation down: the time is taken without it)
+    try:
+        with pytest.raises(BatchError, match=match):
+            decode_batch(payload)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 1024 * 1024, f"{peak / 2**20:.0f} MiB to refuse a {len(payload)}-byte batch"
+
+
+def _set(index: int, value):
+    def edit(body):
+        body["tables"][0][index] = value
+    return edit
+
+
+def test_a_small_batch_claiming_a_billion_rows_is_refused_fast_and_with_bounded_memory():
+    jitter = [0, 113, 7, 190, 55, 161, 23, 99, 140, 3, 77, 181]  # microseconds: the deltas take 2 bytes each
+    times = [(1_000_000 + 10_000 * i + us) / 1_000_000 for i, us in enumerate(jitter)]
+    payload = _encode([_table(message="EEC1", timestamps=times, rows=[(i, 7) for i in range(12)])])
+    assert len(payload) < 400
+    body_only = _rebuilt(payload, _set(6, 10**9))
+    _refused_quickly_and_small(body_only, r"^table 0 \(can0/EEC1\): declares 1000000000 rows but its time column "
+                                          r"holds 12$")
+    both = _rebuilt(payload, _set(6, 10**9), {"rows": 10**9, "samples": 2 * 10**9})
+    _refused_quickly_and_small(both, "header declares 1000000000 rows, more than the limit of 4194304")
+    # Timestamps exactly 10 ms apart take no data at all: such a column fits any count, the row limit bounds it.
+    periodic = _encode([_table(timestamps=[1 + i / 100 for i in range(12)], rows=[(5, 7)] * 12)])
+    _refused_quickly_and_small(_rebuilt(periodic, _set(6, 10**9)),
+                               r"declares 1000000000 rows, which takes the batch past the limit of 4194304 rows")
+    ten = _encode([_table(signals=tuple("abcdefghij"), timestamps=[1 + i / 100 for i in range(12)],
+                          rows=[(5,) * 10] * 12, scales=[1] * 10, offsets=[0] * 10)])
+    _refused_quickly_and_small(_rebuilt(ten, _set(6, MAX_ROWS)), f"declares {MAX_ROWS} rows of 10 signals, which "
+                                                                 "takes the batch past the limit of 33554432 samples")
+    # A value column is held to the count as well, and so is the header.
+    _refused_quickly_and_small(_rebuilt(payload, _set(6, 13)), "declares 13 rows but its time column holds 12")
+    wide = _rebuilt(periodic, _set(8, [["p", 0, 1, 1, b"\x01\x02"], 7]))
+    _refused_quickly_and_small(wide, r"declares 12 rows but its column 0 \(a\) holds 2")
+    _refused_quickly_and_small(_rebuilt(payload, _set(6, 11)), "declares 11 rows but")
+    assert decode_batch(_rebuilt(payload, lambda body: None))  # re-encoding alone changes nothing
+    with pytest.raises(BatchError, match="header declares 13 rows but the tables hold 12"):
+        decode_batch(_rebuilt(payload, lambda body: None, {"rows": 13}))
+
+
+def test_bodies_past_the_decompressed_limit_are_refused_without_inflating_them():
+    payload = _encode([_table()])
+    zeros = bytes(MAX_BODY_BYTES + 1)
+    declared = _rebuilt(payload, raw_body=zeros, compressor=zstandard.ZstdCompressor(level=1))
+    streamed = _rebuilt(payload, raw_body=zeros, compressor=zstandard.ZstdCompressor(level=1,
+                                                                                   write_content_size=False))
+    del zeros
+    assert len(declared) < 10_000 and len(streamed) < 10_000
+    _refused_quickly_and_small(declared, f"declares {MAX_BODY_BYTES + 1} bytes decompressed, more than the limit")
+    _refused_quickly_and_small(streamed, f"decompresses to more than the limit of {MAX_BODY_BYTES} bytes")
+    # Many tiny objects: 4 MiB of empty arrays would be ~250 MiB of Python lists.
+    nested = msgpack.packb({"t_base_us": 0, "tables": [[[]] * 60000 for _ in range(70)]})
+    _refused_quickly_and_small(_rebuilt(payload, raw_body=nested), "more than 524288 arrays, maps and items")
+    envelope = msgpack.unpackb(payload)
+    truncated = envelope["body"][:-3]
+    cut = msgpack.packb({"header": {**envelope["header"], "sha256": hashlib.sha256(truncated).hexdigest()},
+                         "body": truncated})
+    with pytest.raises(BatchError, match="truncated zstd frame"):
+        decode_batch(cut)
+
+
+@pytest.mark.parametrize(("column", "message"), [
+    (["d", 0, 1, "xx", 1, b"\x01\x02"], "delta column: first, step, mul and width must be integers"),
+    (["p", 0, 1.5, 1, b"\x01\x02\x03"], "plain column: ref, mul and width must be integers"),
+    (["p", 0, 1, 1, 3], "packed data is int, not bytes"),
+    (["f64", "text"], "bad f64 data: str, not bytes"),
+    (["=", 5], "column reference 5 points to no earlier column"),
+])
+def test_malformed_columns_are_named(column, message):
+    payload = _rebuilt(_encode([_table()]), _set(8, [column, 7]))
+    with pytest.raises(BatchError, match=re.escape(f"table 0 (can0/M): {message}")):
+        decode_batch(payload)

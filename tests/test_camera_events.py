@@ -232,6 +232,78 @@ def test_socket_refuses_to_replace_a_regular_file(tmp_path):
     assert path.read_text() == "mine"
 
 
+def test_socket_refuses_a_second_server_as_a_temporary_failure(tmp_path):
+    from agent.service.exitcodes import EXIT_TEMPFAIL, exit_code_for
+
+    path = tmp_path / "camera.sock"
+    with CameraSocketServer(path, lambda event: None), \
+            pytest.raises(OSError, match="another process is listening") as info:
+        CameraSocketServer(path, lambda event: None).start()
+    assert exit_code_for(info.value) == EXIT_TEMPFAIL  # systemd restarts the agent: the other one may be stopping
+
+
+def connect(path: Path) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(path))  # blocking: waits while the listen backlog is full
+    client.settimeout(10)
+    return client
+
+
+def test_socket_serves_many_connections_on_one_thread_and_bounds_them(tmp_path):
+    from agent.camera.events import MAX_RECORD_BYTES
+
+    path = tmp_path / "camera.sock"
+    received = []
+    baseline = threading.active_count()
+    server = CameraSocketServer(path, received.append, quarantine_dir=tmp_path / "q", max_connections=4,
+                                idle_timeout=0.5)
+    clients = []
+    with server:
+        for _ in range(50):
+            clients.append(connect(path))
+        assert threading.active_count() <= baseline + 1  # one thread for all: was one per connection
+        assert wait_until(lambda: server.counters()["refused_too_many"] == 46, 5)
+        assert clients[-1].makefile("rb").read() == b"error too many connections\n"
+        # A held connection works: a record too large is refused (and quarantined), the next one is taken.
+        client = clients[0]
+        client.sendall(b"x" * (MAX_RECORD_BYTES + 10) + b"\n" + encode(record(event_id="after")) + b"\n")
+        reader = client.makefile("rb")
+        assert reader.readline() == b"error record too large\n" and reader.readline() == b"ok after\n"
+        # Idle connections are closed after the timeout: the client reads end-of-stream.
+        assert wait_until(lambda: server.counters()["open"] == 0, 5)
+        assert all(c.recv(1) == b"" for c in clients[:4])
+        assert connect(path).sendall(encode(record(event_id="later")) + b"\n") is None
+        assert wait_until(lambda: len(received) == 2, 5)
+        counters = server.counters()
+    for c in clients:
+        c.close()
+    assert [event.event_id for event in received] == ["after", "later"]
+    assert counters["records_too_large"] == 1 and counters["records_rejected"] == 1
+    assert counters["closed_idle"] >= 4 and counters["connections"] == 5 and counters["records_accepted"] == 2
+    assert any(p.name.endswith(".reason.txt") for p in (tmp_path / "q").iterdir())
+
+
+def test_socket_client_that_reads_its_replies_late_loses_none(tmp_path):
+    path = tmp_path / "camera.sock"
+    received = []
+    with CameraSocketServer(path, received.append):
+        client = connect(path)
+        lines = b"".join(encode(record(event_id=f"e{i}")) + b"\n" for i in range(3000))  # ~1.3 MB of records
+
+        def send_all():
+            client.sendall(lines)
+            client.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send_all)
+        sender.start()
+        time.sleep(0.5)  # replies pile up unread: the server stops reading until the client catches up
+        replies = client.makefile("rb").read().decode().splitlines()
+        sender.join(10)
+        client.close()
+    assert replies == [f"ok e{i}" for i in range(3000)]
+    assert len(received) == 3000
+
+
 # -- what may leave ----------------------------------------------------------------------
 
 

@@ -355,3 +355,11 @@ def test_batch_allowed_across_a_reload(store, clock):
     assert not batch_allowed(restarted, ["driving"], 2)  # no history back to version 2: fail closed
     assert batch_allowed(restarted, ["driving"], 4)
     assert not batch_allowed(restarted, ["cabin"], 4) and not batch_allowed(restarted, [], 4)
+
+
+@pytest.mark.parametrize("purpose", ["send to 1FUJGLDR9CLBP8834", "home is 31.230416,121.473701"])
+def test_a_purpose_holding_a_personal_value_is_refused_at_grant_time(store, clock, purpose):
+    policy = ConsentPolicy(store, clock=clock)
+    with pytest.raises(ConsentError, match="personal value"):
+        policy.grant("driving", "7d", purpose=purpose)
+    assert policy.version == 0 and not policy.is_granted("driving")

@@ -10,6 +10,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,3 +222,32 @@ def test_cli_reads_state_dir_from_config(tmp_path, capsys):
     assert "charging is not grantable on this vehicle" in capsys.readouterr().err
     assert main(["consent", "grant", "driving", "--for", "7d", "--config", str(config)]) == 0
     assert ConsentStore.in_dir(tmp_path / "st").load().grants.keys() == {"driving"}
+
+
+def test_idle_connections_are_bounded_and_the_owner_still_gets_in_after(agent):
+    from agent.control.server import MAX_CONNECTIONS
+
+    _policy, server, _ = agent
+    baseline = threading.active_count()
+    idle = []
+    for _ in range(MAX_CONNECTIONS):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(server.path))
+        idle.append(sock)
+    deadline = time.monotonic() + 5
+    while threading.active_count() < baseline + MAX_CONNECTIONS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    threads_with_idle = threading.active_count()
+    # One more: refused at once with a reason, no new thread.
+    answer = json.loads(raw_request(server.path, b'{"cmd": "commands"}\n'))
+    assert answer == {"ok": False, "error": f"busy: {MAX_CONNECTIONS} connections open"}
+    assert server.busy_refusals == 1 and threading.active_count() <= threads_with_idle
+    for sock in idle:
+        sock.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        reply = json.loads(raw_request(server.path, b'{"cmd": "commands"}\n'))
+        if reply["ok"]:
+            break
+        time.sleep(0.05)
+    assert reply["ok"] and "consent.grant" in reply["result"]

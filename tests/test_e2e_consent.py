@@ -87,7 +87,9 @@ def test_default_consent_uploads_no_personal_sample(tmp_path, shared_data, mosqu
     health = json.loads(report["status_payloads"]["test-truck-7"])["health"]
     # The agent's own counters, nothing of any signal.
     assert set(health) == {"uptime_s", "frames", "decoded", "rejected", "dropped_at_bus", "batches_written",
-                           "backlog_batches", "rss_mb"}
+                           "backlog_batches", "rss_mb", "anchor"}
+    # The anchor: the ledger's head and the signing key's fingerprint, hashes only.
+    assert set(health["anchor"]) <= {"ledger_head", "signing_key"}
     assert health["backlog_batches"] == 0 and health["batches_written"] == 0
 
 

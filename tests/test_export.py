@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli.main import main as agent_main
-from agent.export.signing import KEY_FILE, SigningKeyError, load_or_create_key, public_pem
+from agent.export.signing import KEY_FILE, SigningKeyError, display_fingerprint, load_or_create_key, public_pem
 from agent.export.verify import verify_export
 from agent.export.writer import ExportError, export_incident, export_range
 from agent.incident.snapshot import IncidentRecorder
@@ -207,7 +207,8 @@ state: {{dir: {recorded['state']}}}
     out = tmp_path / "owner"
     assert agent_main(["export", "--config", str(config), "--incident", recorded["id"], "--out", str(out)]) == 0
     assert "exported" in capsys.readouterr().out
-    assert agent_main(["export", "verify", str(out)]) == 0
+    trusted = ["--fingerprint", display_fingerprint(recorded["key"])]  # as `vehicle-agent identity` shows it
+    assert agent_main(["export", "verify", str(out), *trusted]) == 0
     assert capsys.readouterr().out.startswith("OK:")
     entries = Ledger.in_dir(recorded["state"]).entries()
     assert entries[-1].kind == "export" and entries[-1].fields["export"] == recorded["id"]
@@ -229,4 +230,4 @@ state: {{dir: {recorded['state']}}}
     manifest = json.loads((ranged / "manifest.json").read_text())
     assert manifest["counts"]["frames"] > 0 and manifest["vehicle"] == "truck-cli"
     assert manifest["details"]["ledger_head"]["seq"] == entries[-1].seq  # pins the ledger as it was
-    assert agent_main(["export", "verify", str(ranged)]) == 0
+    assert agent_main(["export", "verify", str(ranged), *trusted]) == 0

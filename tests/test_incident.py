@@ -281,7 +281,7 @@ def test_trigger_config_errors_name_file_line_and_column():
         IncidentRecorder(config, make_decoder().specs, lambda s: None)
     with pytest.raises(ConfigError, match=r"agent\.yaml:2: incidents\.categories\[1\]: unknown category 'weather'"):
         incident_config("incidents:\n  categories: [driving, weather]\n")
-    with pytest.raises(ConfigError, match=r"agent\.yaml:2: incidents\.keep: must keep at least 1"):
+    with pytest.raises(ConfigError, match=r"agent\.yaml:2: incidents\.keep: must be an integer between 1 and"):
         incident_config("incidents:\n  keep: 0\n")
 
 

@@ -1,17 +1,23 @@
 """The reference receiver (issue 4, item 4): verification, dedup, gaps, latency,
-shared subscriptions, zstd dictionaries and the ``vehicle-sim cloud`` command."""
+shared subscriptions, zstd dictionaries and the ``vehicle-sim cloud`` command;
+header fields past SQLite's range and unexpected errors are corrupt, never a
+traceback that loses the message (issue 11)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import threading
 import time
 from pathlib import Path
 
+import msgpack
 import paho.mqtt.client as mqtt
 import pytest
+import zstandard
 
-from agent.batch import Batcher, decode_batch, iter_samples, schema_dictionary
+from agent.batch import Batcher, EncodedBatch, TableData, decode_batch, encode_batch, iter_samples, schema_dictionary
 from agent.buffer import BatchStore
 from agent.uplink import Uplink
 from agent.uplink.properties import CONTENT_TYPE, PAYLOAD_SHA256, parse_user_properties, user_properties
@@ -279,6 +285,7 @@ def test_cloud_command_reports_and_writes_json(mosquitto, store, batches, tmp_pa
     assert db_path.is_file()
     out = capsys.readouterr().out
     assert f"batches      {len(batches)}" in out and "latency      p50" in out
+    assert "conflicts    0\n" in out and report["conflicts"] == 0 and report["conflict_details"] == []
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -292,3 +299,163 @@ def test_cloud_command_usage_errors_are_one_line(argv, message, capsys):
     assert vehicle_sim(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+# -- identity and late decoding ---------------------------------------------------------------------------
+
+def test_the_batch_identity_comes_from_the_header(batches):
+    batch = batches[0]
+    props = parse_user_properties(user_properties(batch))
+    verified = verify_batch(VEHICLE, batch.stream, batch.payload, props, received=0.0)
+    assert "store_epoch" not in batch.header and verified.row.store_epoch == ""  # these come without one
+    assert verified.row.payload_sha256 == hashlib.sha256(batch.payload).hexdigest()
+    body = msgpack.unpackb(batch.payload)["body"]
+    for epoch, outcome in (("0123abcd0123abcd", "0123abcd0123abcd"), (7, "store_epoch 7"), ("e" * 200, "at most")):
+        payload = msgpack.packb({"header": {**batch.header, "store_epoch": epoch}, "body": body})
+        if epoch == outcome:
+            assert verify_batch(VEHICLE, batch.stream, payload, {}, received=0.0).row.key == \
+                   (VEHICLE, epoch, batch.boot_id, batch.seq)
+        else:
+            with pytest.raises(BatchRejected, match=outcome):
+                verify_batch(VEHICLE, batch.stream, payload, {}, received=0.0)
+
+
+def _deliver(receiver: Receiver, topic: str, payload: bytes) -> None:
+    message = mqtt.MQTTMessage(topic=topic.encode())
+    message.payload = payload
+    receiver._on_message(None, None, message)  # as paho's network thread calls it
+
+
+def test_a_batch_kept_for_its_dictionary_that_then_does_not_decode_becomes_corrupt(shared_data, tmp_path):
+    routed = routed_rows(shared_data)
+    dictionary = schema_dictionary(routed.specs)
+    encoded: list = []
+    batcher = Batcher(routed.specs, encoded.append, VEHICLE, "boot-dict", iter(range(100)).__next__, max_age_s=1.0,
+                      level=3, dictionary=dictionary)
+    for row in routed.rows[:3000]:
+        batcher.put(row)
+    batcher.flush()
+    good, bad = encoded[0], encoded[1]
+    # The second one's first table claims 10^9 rows: verifiable without the dictionary, refused with it.
+    decompressor = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(dictionary))
+    envelope = msgpack.unpackb(bad.payload)
+    body = msgpack.unpackb(decompressor.decompress(envelope["body"]))
+    body["tables"][0][6] = 10**9
+    compressed = zstandard.ZstdCompressor(dict_data=zstandard.ZstdCompressionDict(dictionary)).compress(
+        msgpack.packb(body))
+    bomb = msgpack.packb({"header": {**envelope["header"], "sha256": hashlib.sha256(compressed).hexdigest()},
+                          "body": compressed})
+    receiver = Receiver("127.0.0.1", 1, tmp_path / "rx.sqlite")  # never started: messages are delivered here
+    try:
+        _deliver(receiver, data_topic("vehicles", VEHICLE, good.stream), good.payload)
+        _deliver(receiver, data_topic("vehicles", VEHICLE, bad.stream), bomb)
+        report = receiver.report()
+        assert (report["batches"], report["undecoded"], report["corrupt"], receiver.unique_batches) == (2, 2, 0, 2)
+        _deliver(receiver, dictionary_topic("vehicles", VEHICLE, good.header["zstd_dict"]), dictionary)
+        report = receiver.report()
+        assert (report["batches"], report["undecoded"], report["corrupt"], receiver.unique_batches) == (1, 0, 1, 1)
+        assert report["samples"] == good.samples == receiver.store.query("SELECT COUNT(*) FROM samples")[0][0]
+        [detail] = report["corrupt_details"]
+        assert "declares 1000000000 rows" in detail["reason"] and detail["bytes"] == len(bomb)
+        assert detail["topic"] == data_topic("vehicles", VEHICLE, bad.stream)
+    finally:
+        receiver.stop()
+
+
+# -- header fields SQLite cannot hold, and errors nobody expected (issue 11) -------------------------------
+
+def tiny_batch(seq: int | object, values: tuple = (1, 2), **header) -> EncodedBatch:
+    """A small real batch (encode_batch) with these header fields; ``seq`` may be anything msgpack holds."""
+    table = TableData("can0", "M", False, ("a",), [1.6e9, 1.6e9 + 0.01], [(v,) for v in values], None, None)
+    fields = {"vehicle_id": VEHICLE, "boot_id": "boot-range", "seq": seq, "stream": "telemetry", "stream_seq": 0,
+              "priority": 0, "categories": ["driving"], "consent_version": 1, "created": 1.6e9 + 1, **header}
+    batch = encode_batch(fields, [table], zstandard.ZstdCompressor())
+    if "zstd_dict" in header:  # encode_batch sets its own
+        envelope = msgpack.unpackb(batch.payload)
+        envelope["header"]["zstd_dict"] = header["zstd_dict"]
+        batch = EncodedBatch(msgpack.packb(envelope), envelope["header"])
+    return batch
+
+
+@pytest.mark.uplink
+def test_a_seq_past_sqlite_range_is_corrupt_and_the_receiver_goes_on(mosquitto, receivers, publisher):
+    receiver = receivers(mosquitto)
+    publisher.send(tiny_batch(2**64 - 1))
+    assert wait_until(lambda: receiver.report()["corrupt"] == 1, 10), receiver.report()
+    [detail] = receiver.report()["corrupt_details"]
+    assert detail["reason"] == "header seq 18446744073709551615 is out of range (0..9223372036854775807)"
+    assert detail["vehicle"] == VEHICLE and detail["topic"] == data_topic("vehicles", VEHICLE, "telemetry")
+    # Still running: the next valid batch is stored and decoded.
+    valid = tiny_batch(1)
+    publisher.send(valid)
+    assert receiver.wait_for(1, timeout=10)
+    report = receiver.report()
+    assert (report["batches"], report["corrupt"], report["samples"]) == (1, 1, 2)
+    assert receiver.store.query("SELECT seq FROM batches") == [(1,)]
+
+
+@pytest.mark.parametrize(("header", "reason"), [
+    ({"seq": 2**64 - 1}, "header seq 18446744073709551615 is out of range"),
+    ({"seq": 2**63}, "header seq 9223372036854775808 is out of range"),
+    ({"seq": -1}, "header seq -1 is out of range"),
+    ({"seq": True}, "header seq True is not an integer"),
+    ({"seq": "7"}, "header seq '7' is not an integer"),
+    ({"seq": 1.0}, "header seq 1.0 is not an integer"),
+    ({"seq": None}, "header seq None is not an integer"),
+    ({"stream_seq": 2**64 - 1}, "header stream_seq 18446744073709551615 is out of range"),
+    ({"stream_seq": -3}, "header stream_seq -3 is out of range"),
+    ({"stream_seq": False}, "header stream_seq False is not an integer"),
+    ({"priority": 2**63}, "header priority 9223372036854775808 is out of range"),
+    ({"priority": [1]}, "header priority [1] is not an integer"),
+    ({"created": "noon"}, "header created 'noon' is not a finite number"),
+    ({"created": float("inf")}, "header created inf is not a finite number"),
+    ({"categories": 5}, "header categories 5 is not a list of text"),
+    ({"categories": [1, 2]}, "header categories [1, 2] is not a list of text"),
+    ({"zstd_dict": [1]}, "header zstd_dict [1] is not text"),
+])
+def test_header_fields_sqlite_cannot_hold_are_rejected_naming_the_field(header, reason):
+    batch = tiny_batch(**{"seq": 0, **header})
+    with pytest.raises(BatchRejected) as caught:
+        verify_batch(VEHICLE, "telemetry", batch.payload, parse_user_properties(user_properties(batch)), 2e9)
+    assert str(caught.value).startswith(reason), str(caught.value)
+
+
+def test_the_edges_of_the_range_are_stored(tmp_path):
+    top = tiny_batch(2**63 - 1, stream_seq=2**63 - 1, priority=-(2**63), values=(2**64 - 1, 5))
+    receiver = Receiver("127.0.0.1", 1, tmp_path / "rx.sqlite")  # never started: messages are delivered here
+    try:
+        _deliver(receiver, data_topic("vehicles", VEHICLE, "telemetry"), top.payload)
+        assert receiver.report()["corrupt_details"] == [] and receiver.unique_batches == 1
+        assert receiver.store.query("SELECT seq, stream_seq, priority FROM batches") == \
+               [(2**63 - 1, 2**63 - 1, -(2**63))]
+        # A 64-bit unsigned signal value past SQLite's integers is kept exactly, as its decimal text.
+        assert receiver.store.query("SELECT value FROM samples ORDER BY timestamp") == \
+               [(str(2**64 - 1),), (5,)]
+    finally:
+        receiver.stop()
+
+
+def test_any_other_error_is_recorded_as_corrupt_and_logged_once(tmp_path, monkeypatch, caplog):
+    receiver = Receiver("127.0.0.1", 1, tmp_path / "rx.sqlite")
+    topic = data_topic("vehicles", VEHICLE, "telemetry")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    try:
+        monkeypatch.setattr(receiver.store, "add_batch", broken)
+        with caplog.at_level(logging.ERROR, logger="simulator.receiver.client"):
+            _deliver(receiver, topic, tiny_batch(0).payload)
+            _deliver(receiver, topic, tiny_batch(1).payload)
+        report = receiver.report()
+        assert report["corrupt"] == 2 and report["batches"] == 0
+        assert {d["reason"] for d in report["corrupt_details"]} == \
+               {"the receiver could not process it: RuntimeError: disk on fire"}
+        assert {d["vehicle"] for d in report["corrupt_details"]} == {VEHICLE}
+        records = [r for r in caplog.records if r.name == "simulator.receiver.client"]
+        assert len(records) == 2 and [r.exc_info is not None for r in records] == [True, False]
+        monkeypatch.undo()
+        _deliver(receiver, topic, tiny_batch(2).payload)  # and it goes on
+        assert receiver.unique_batches == 1
+    finally:
+        receiver.stop()

@@ -39,5 +39,11 @@ def test_replayed_hard_brake_leaves_one_snapshot_the_owner_can_export(tmp_path):
     exported = run_agent("export", "--incident", snapshot["id"], "--out", str(tmp_path / "export"),
                          "--config", str(config))
     assert exported.returncode == 0, exported.stderr
-    verified = run_agent("export", "verify", str(tmp_path / "export"))
+    identity = run_agent("identity", "--config", str(config), "--json")
+    assert identity.returncode == 0, identity.stderr
+    fingerprint = json.loads(identity.stdout)["signing_key"]
+    verified = run_agent("export", "verify", str(tmp_path / "export"), "--fingerprint", fingerprint)
     assert verified.returncode == 0 and "OK" in verified.stdout
+    # Without the fingerprint the owner got out of band, a valid signature proves nothing: not trusted.
+    untrusted = run_agent("export", "verify", str(tmp_path / "export"), "--trust-file", str(tmp_path / "none"))
+    assert untrusted.returncode == 3 and "NOT TRUSTED" in untrusted.stdout + untrusted.stderr

@@ -91,9 +91,16 @@ def test_service_lifecycle(tmp_path, shared_data):
         assert "gps" in first["frames_per_s"] and first["consent"]["granted"] == ["driving"]
         assert first["uplink"] == {"state": "not configured"}
 
-        # SIGUSR1: the counters, as JSON, on stderr.
+        # SIGUSR1: the status, as one line of JSON, in the log (stderr).
         agent.send_signal(signal.SIGUSR1)
-        assert wait_until(lambda: '"frames_in": 1500' in log_path.read_text(), timeout=10)
+
+        def dumps():
+            return [line for line in log_path.read_text().splitlines() if " status: {" in line]
+
+        assert wait_until(lambda: len(dumps()) == 1, timeout=10)
+        dumped = json.loads(dumps()[0].split(" status: ", 1)[1])
+        assert dumped["pipeline"]["frames_in"] == 1500
+        assert dumped["buses"] == {"gps": {"state": "open", "opens": 1, "lost": 0}}
 
         # A broken config is rejected, logged, and the running one kept.
         good = config.read_text()

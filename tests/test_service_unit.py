@@ -129,3 +129,78 @@ def test_hardening_exposure_is_low(tmp_path):
     assert result.returncode == 0 and summary, result.stdout + result.stderr
     score = float(summary[0].split(":")[1].split()[0])
     assert score <= 2.0, summary[0]  # systemd rates up to 2.0 as "OK"; a unit without hardening scores 9.6
+
+
+# -- what the restart policy relies on: exit statuses, and priorities in the journal ----------------------------
+
+
+def test_exit_statuses_separate_configuration_errors_from_temporary_failures():
+    import errno
+    import sqlite3
+
+    from agent.service.exitcodes import EXIT_CONFIG, EXIT_SOFTWARE, EXIT_TEMPFAIL, exit_code_for
+    from agent.service.statedir import StateDirError
+    from agent.yamlsrc import ConfigError
+
+    config = [ConfigError("agent.yaml:3: buses[0].bitrate: expected an integer"), StateDirError("world-writable"),
+              FileNotFoundError(errno.ENOENT, "no such file"), PermissionError(errno.EACCES, "denied"), OSError("x")]
+    temporary = [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EIO, "I/O error"),
+                 ConnectionRefusedError(errno.ECONNREFUSED, "refused"), TimeoutError("timed out"),
+                 sqlite3.OperationalError("database is locked")]
+    assert [exit_code_for(exc) for exc in config] == [EXIT_CONFIG] * len(config)
+    assert [exit_code_for(exc) for exc in temporary] == [EXIT_TEMPFAIL] * len(temporary)
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise ValueError("cannot write the ledger") from exc
+    except ValueError as wrapped:
+        assert exit_code_for(wrapped) == EXIT_TEMPFAIL  # the cause decides
+    assert exit_code_for(RuntimeError("a bug")) == EXIT_SOFTWARE
+    assert (EXIT_CONFIG, EXIT_TEMPFAIL) == (2, 75)
+
+
+def test_the_unit_restarts_everything_but_a_configuration_error(unit):
+    assert unit["Service"]["RestartPreventExitStatus"] == ["2"]  # 75 (temporary) and 1 (a bug) are restarted
+    assert "RestartForceExitStatus" not in unit["Service"] and "SuccessExitStatus" not in unit["Service"]
+
+
+def test_exit_statuses_are_documented_in_help_and_deploy_guide(capsys):
+    from agent.cli.main import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = capsys.readouterr().out
+    for line in ("exit status:", "  2    configuration error", "  75   temporary failure", "waiting: REASON"):
+        assert line in text, line
+    deploy = (UNIT.parents[1] / "docs" / "deploy.md").read_text()
+    assert "| 75 |" in deploy and "| 2 |" in deploy and "RestartPreventExitStatus=2" in deploy
+
+
+def test_journal_lines_carry_their_priority_on_every_line(tmp_path):
+    import io
+    import logging
+    import os
+    import sys
+
+    from agent.service.journal import JournalFormatter, stderr_is_journal, syslog_priority
+
+    assert [syslog_priority(level) for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO,
+                                                 logging.DEBUG)] == [2, 3, 4, 6, 7]
+    try:
+        raise ValueError("inner")
+    except ValueError:
+        record = logging.LogRecord("agent.x", logging.ERROR, __file__, 1, "two\nlines", None, sys.exc_info())
+    text = JournalFormatter().format(record)
+    lines = text.splitlines()
+    assert lines[0] == "<3>ERROR agent.x: two" and lines[1] == "<3>lines"
+    assert "<3>Traceback (most recent call last):" in lines and lines[-1] == "<3>ValueError: inner"
+    assert all(line.startswith("<3>") for line in lines)
+    # Only when JOURNAL_STREAM names this very stream (systemd's check), never for a redirected one.
+    with open(tmp_path / "stderr", "w") as stream:
+        info = os.fstat(stream.fileno())
+        assert stderr_is_journal(stream, {"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"})
+        assert not stderr_is_journal(stream, {"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino + 1}"})
+        assert not stderr_is_journal(stream, {})
+        assert not stderr_is_journal(stream, {"JOURNAL_STREAM": "garbage"})
+    assert not stderr_is_journal(io.StringIO(), {"JOURNAL_STREAM": "1:1"})

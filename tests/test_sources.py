@@ -1,7 +1,10 @@
-"""Live and log sources: bus names, several buses at once, channel mapping, drops counted."""
+"""Live and log sources: bus names, several buses at once, channel mapping, drops counted, buses retried."""
 
 from __future__ import annotations
 
+import gzip
+import itertools
+import re
 import time
 from pathlib import Path
 
@@ -9,8 +12,11 @@ import can
 import pytest
 
 from agent.config import ConfigError, parse_config
-from agent.sources.live import BusUrlError, LiveSource, bus_kwargs_from_url, open_bus
+from agent.service.exitcodes import exit_code_for
+from agent.sources.live import Backoff, BusUnavailable, BusUrlError, LiveSource, bus_kwargs_from_url, open_bus
 from agent.sources.log import LogError, LogSource
+from simulator.broker import free_loopback_port
+from simulator.socketcand_server import SocketcandServer
 
 
 def test_two_virtual_buses_at_once_keep_their_names():
@@ -117,3 +123,190 @@ def test_unknown_log_format_names_the_file(tmp_path):
     with pytest.raises(LogError) as info:
         LogSource(path)
     assert str(path) in str(info.value) and ".xyz" in str(info.value)
+
+
+def test_complete_real_logs_read_without_a_word(shared_data):
+    for name, frames in (("logs/css_nissan_leaf_uds_and_canmod_gps.blf", 5588),
+                         ("logs/kona_ev_2020_comp_can_heating_clock_reset.log", 27982)):
+        source = LogSource(shared_data / name)
+        assert sum(1 for _ in source) == frames
+        assert source.stats.error is None and source.stats.warning is None
+
+
+def test_a_log_that_ended_early_keeps_its_frames_and_says_so(shared_data, tmp_path):
+    data = (shared_data / "logs/css_nissan_leaf_uds_and_canmod_gps.blf").read_bytes()
+    cut = tmp_path / "cut.blf"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    lenient = LogSource(cut, strict=False)
+    kept = [(bus, msg.arbitration_id, bytes(msg.data)) for bus, msg in lenient]
+    assert 0 < len(kept) < 5588 and lenient.stats.frames == len(kept)
+    assert re.fullmatch(rf"{re.escape(str(cut))}: read {len(kept)} frames; the file ended early \(truncated BLF "
+                        rf"object at byte \d+; the file ends at byte {len(data) * 2 // 3}\)", lenient.stats.error)
+    strict = LogSource(cut)
+    again = []
+    with pytest.raises(LogError, match="the file ended early"):
+        for bus, msg in strict:
+            again.append((bus, msg.arbitration_id, bytes(msg.data)))
+    assert again == kept  # every frame before the damage, then the error
+
+
+def test_compressed_logs_are_checked_the_same_way(shared_data, tmp_path):
+    data = (shared_data / "logs/css_nissan_leaf_uds_and_canmod_gps.blf").read_bytes()
+    whole, cut = tmp_path / "whole.blf.gz", tmp_path / "cut.blf.gz"
+    whole.write_bytes(gzip.compress(data))
+    cut.write_bytes(gzip.compress(data[:20000]))  # a complete gzip stream of a truncated BLF
+    source = LogSource(whole)
+    assert sum(1 for _ in source) == 5588 and source.stats.error is None
+    with pytest.raises(LogError, match=r"the file ended early \(truncated BLF object at byte \d+; the file ends "
+                                       r"at byte 20000\)"):
+        list(LogSource(cut))
+    torn = tmp_path / "torn.blf.gz"
+    torn.write_bytes(gzip.compress(data)[:9000])  # the gzip stream itself cut off
+    with pytest.raises(LogError, match=f"{torn}: "):
+        list(LogSource(torn))
+
+
+def test_a_log_without_frames_is_a_warning_not_an_error(tmp_path):
+    text = tmp_path / "notes.asc"
+    text.write_text("these are my notes\nnot a CAN log\n")
+    source = LogSource(text)
+    assert list(source) == [] and source.stats.error is None
+    assert source.stats.warning == f"{text}: no CAN frames in 33 bytes (not an ASC log?)"
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    source = LogSource(empty)
+    assert list(source) == [] and source.stats.warning == f"{empty}: no CAN frames: the file is empty (0 bytes)"
+
+
+# -- buses that are not there yet, or go away -------------------------------------------------------------------
+
+FAST = Backoff(initial=0.05, maximum=0.2, jitter=0.2)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_backoff_doubles_from_one_second_to_a_minute_with_jitter():
+    backoff = Backoff()
+    assert [backoff.delay(n, rng=lambda: 0.5) for n in (1, 2, 3, 4, 5, 6, 7, 8, 20)] == \
+        [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    assert backoff.delay(1, rng=lambda: 0.0) == pytest.approx(0.8)
+    assert backoff.delay(3, rng=lambda: 1.0) == pytest.approx(4.8)
+    assert backoff.delay(30, rng=lambda: 1.0) == 60.0  # never above the cap
+
+
+def test_a_bus_that_cannot_be_opened_yet_is_retried_while_the_others_flow():
+    attempts = []
+
+    def opener(kwargs):
+        if kwargs["channel"] == "late-pt":
+            attempts.append(time.monotonic())
+            if len(attempts) < 4:
+                raise BusUnavailable("cannot open bus socketcan:late-pt: OSError: [Errno 19] No such device")
+        return open_bus(kwargs)
+
+    senders = {name: can.Bus(interface="virtual", channel=f"late-{name}") for name in ("pt", "body")}
+    source = LiveSource.connect({name: bus_kwargs_from_url(f"virtual://late-{name}") for name in ("pt", "body")},
+                                backoff=FAST, opener=opener)
+    try:
+        states = source.states()
+        assert states["body"]["state"] == "open"
+        assert states["pt"]["state"] == "waiting" and "No such device" in states["pt"]["reason"]
+        assert source.not_open()["pt"].startswith("waiting: cannot open bus socketcan:late-pt")
+        senders["body"].send(can.Message(arbitration_id=0x200, data=[1]))
+        assert source.queue.get(timeout=5)[0] == "body"  # the other bus flows meanwhile
+        assert wait_for(lambda: source.states()["pt"]["state"] == "open")
+        senders["pt"].send(can.Message(arbitration_id=0x100, data=[2]))
+        bus, msg = source.queue.get(timeout=5)
+        assert (bus, msg.channel, bytes(msg.data)) == ("pt", "pt", b"\x02")
+        assert source.states()["pt"] == {"state": "open", "opens": 1, "lost": 0} and source.not_open() == {}
+    finally:
+        source.close()
+        for sender in senders.values():
+            sender.shutdown()
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert len(attempts) == 4 and gaps[1] > gaps[0] * 1.2  # backing off
+    assert all(state["state"] == "stopped" for state in source.states().values())
+
+
+def test_a_bus_that_can_never_work_is_a_configuration_error_at_start():
+    opened = []
+
+    def opener(kwargs):
+        bus = open_bus(kwargs)
+        opened.append(bus)
+        return bus
+
+    with pytest.raises(BusUrlError, match="not a local CAN interface") as info:
+        LiveSource.connect({"pt": bus_kwargs_from_url("virtual://never-pt"),
+                            "eth": {"interface": "ethernet_can", "channel": "x"}}, opener=opener)
+    assert not isinstance(info.value, BusUnavailable) and exit_code_for(info.value) == 2
+    assert len(opened) == 1 and opened[0]._is_shutdown  # what was opened is closed again
+    assert exit_code_for(BusUnavailable("cannot open bus ...")) == 75
+
+
+def test_a_socketcand_server_that_is_not_up_fails_fast():
+    port = free_loopback_port()
+    started = time.monotonic()
+    with pytest.raises(BusUnavailable, match="Connection refused"):
+        open_bus(bus_kwargs_from_url(f"socketcand://127.0.0.1:{port}/can0"))
+    assert time.monotonic() - started < 1.0  # python-can alone busy-loops for 10 s
+
+
+def test_a_socketcand_server_that_goes_away_is_reconnected():
+    server = SocketcandServer(port=0).start()
+    port = server.port
+    source = LiveSource.connect({"pt": bus_kwargs_from_url(f"socketcand://127.0.0.1:{port}/pt")}, backoff=FAST)
+    try:
+        assert server.wait_for_clients(1, timeout=10)
+        server.send(can.Message(arbitration_id=0x10, data=[1]))
+        assert source.queue.get(timeout=5)[1].arbitration_id == 0x10
+        server.stop()
+        assert wait_for(lambda: source.states()["pt"]["lost"] == 1)
+        assert source.states()["pt"]["state"] == "waiting"
+        server = SocketcandServer(port=port).start()
+        assert server.wait_for_clients(1, timeout=10)
+        server.send(can.Message(arbitration_id=0x20, data=[2]))
+        assert source.queue.get(timeout=5)[1].arbitration_id == 0x20
+        assert source.states()["pt"] == {"state": "open", "opens": 2, "lost": 1}
+        assert "connection closed by the socketcand server" in source.errors[0]
+    finally:
+        source.close()
+        server.stop()
+
+
+class _DyingBus(can.BusABC):
+    """Opens, then fails on the first read (an interface that is down)."""
+
+    def __init__(self) -> None:
+        super().__init__(channel="dying")
+
+    def _recv_internal(self, timeout):
+        raise can.CanOperationError("Network is down")
+
+    def send(self, msg, timeout=None) -> None:
+        pass
+
+
+def test_a_bus_that_dies_right_after_opening_keeps_backing_off():
+    opens = []
+
+    def opener(kwargs):
+        opens.append(time.monotonic())
+        return _DyingBus()
+
+    source = LiveSource.connect({"pt": {"interface": "virtual", "channel": "dying"}}, backoff=FAST, opener=opener)
+    try:
+        assert wait_for(lambda: len(opens) >= 4)
+        state = source.states()["pt"]
+    finally:
+        source.close()
+    gaps = [b - a for a, b in itertools.pairwise(opens)]
+    assert gaps[2] > gaps[0] * 1.5  # not once every initial delay forever
+    assert state["lost"] >= 3 and state["reason"] in ("lost: CanOperationError: Network is down", None)

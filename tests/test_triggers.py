@@ -297,7 +297,7 @@ def test_errors_read_the_config_file_for_columns(tmp_path):
 @pytest.mark.parametrize(
     ("trigger", "message"),
     [
-        ("{when: a, pre_s: -1}", "agent.yaml:5: collection.campaigns[0].trigger.pre_s: must be zero or more"),
+        ("{when: a, pre_s: -1}", "agent.yaml:5: collection.campaigns[0].trigger.pre_s: must be a finite number"),
         ("{when: a, mode: edge}", "agent.yaml:5: collection.campaigns[0].trigger.mode: must be one of"),
         ("{pre_s: 1}", "agent.yaml:5: collection.campaigns[0].trigger: missing required key 'when'"),
         ("{when: a, after: 1}", "agent.yaml:5: collection.campaigns[0].trigger.after: unknown key"),

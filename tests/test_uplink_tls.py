@@ -98,7 +98,7 @@ def test_config_parses_with_defaults_and_resolves_paths(tmp_path):
 
 @pytest.mark.parametrize(("text", "message"), [
     (UPLINK_YAML % "zz", "agent.yaml:6: uplink.allowed_brokers[0].sha256: must be 64 hex digits"),
-    (UPLINK_YAML.replace("  in_flight: 32", "  in_flight: 0"), "agent.yaml:12: uplink.in_flight: must be between"),
+    (UPLINK_YAML.replace("  in_flight: 32", "  in_flight: 0"), "agent.yaml:12: uplink.in_flight: must be an integer"),
     (UPLINK_YAML.replace("  in_flight: 32", "  inflight: 3"), "agent.yaml:12: uplink.inflight: unknown key"),
     (UPLINK_YAML.replace("    key: certs/vehicle.key\n", ""), "agent.yaml:8: uplink.tls: cert and key go together"),
     (UPLINK_YAML.replace("  region: eu-central\n", ""), "agent.yaml:3: uplink: missing required key 'region'"),

@@ -107,6 +107,8 @@ def pack_unsigned(values: list[int]) -> tuple[int, bytes]:
 def unpack_unsigned(width: int, data: bytes, count: int) -> list[int]:
     if width == 0:
         return [0] * count
+    if not isinstance(data, bytes):
+        raise ColumnError(f"packed data is {type(data).__name__}, not bytes")
     if width < 0:
         bits = -width
         if bits not in _UNPACK_TABLES or len(data) != -(-count * bits // 8):
@@ -178,6 +180,10 @@ def encode_ints(values: list[int], timestamps: bool = False) -> int | list:
     return ["p", low, mul, width, data]
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def decode_ints(column: object, count: int) -> list[int]:
     if isinstance(column, bool) or not isinstance(column, (int, list)):
         raise ColumnError(f"expected an integer column, got {type(column).__name__}")
@@ -186,6 +192,8 @@ def decode_ints(column: object, count: int) -> list[int]:
     kind = column[0] if column else None
     if kind == "d" and len(column) == 6:
         _, first, step, mul, width, data = column
+        if not all(map(_is_int, (first, step, mul, width))):
+            raise ColumnError("delta column: first, step, mul and width must be integers")
         if count == 0:
             return []
         steps = _unzigzag(unpack_unsigned(width, data, count - 1))
@@ -196,11 +204,35 @@ def decode_ints(column: object, count: int) -> list[int]:
         return list(accumulate(steps, initial=first))
     if kind == "p" and len(column) == 5:
         _, ref, mul, width, data = column
+        if not all(map(_is_int, (ref, mul, width))):
+            raise ColumnError("plain column: ref, mul and width must be integers")
         offsets = unpack_unsigned(width, data, count)
         if mul == 1:
             return [ref + o for o in offsets]
         return [ref + mul * o for o in offsets]
     raise ColumnError(f"unknown integer column {str(column)[:60]}")
+
+
+def capacity(column: object) -> tuple[int | None, bool]:
+    """(how many values the column's data holds, exactly or at most).  ``None``: the column has no
+    per-row data (a constant, an all-zero stream, a reference to another column) and stands for
+    any number of rows; the caller bounds those by its own row limit.  Reads only lengths, so a
+    declared row count can be checked against it before anything is allocated (docs/payload.md,
+    "Decode limits"); a malformed column is left for the decoder to name."""
+    if not isinstance(column, list) or not column:
+        return None, True
+    kind = column[0]
+    if kind in _FLOATS and len(column) == 2 and isinstance(column[1], bytes):
+        return len(column[1]) // array(_FLOATS[kind]).itemsize, True
+    if kind in ("d", "p") and len(column) == (6 if kind == "d" else 5):
+        width, data = column[-2], column[-1]
+        if not _is_int(width) or not isinstance(data, bytes) or width == 0:
+            return None, True
+        extra = 1 if kind == "d" else 0  # a delta column stores one value fewer than it has rows
+        if width < 0:
+            return len(data) * (8 // -width if -width in _UNPACK_TABLES else 8) + extra, False
+        return len(data) // width + extra, True
+    return None, True
 
 
 # -- float columns ---------------------------------------------------------------------------
@@ -225,7 +257,9 @@ def decode_floats(column: object, count: int) -> list[float]:
         code = _FLOATS[column[0]]
         width = array(code).itemsize
         data = column[1]
-        if not isinstance(data, bytes) or len(data) != width * count:
+        if not isinstance(data, bytes):
+            raise ColumnError(f"bad {column[0]} data: {type(data).__name__}, not bytes")
+        if len(data) != width * count:
             raise ColumnError(f"bad {column[0]} data: {len(data)} bytes for {count} values")
         values = array(code, _unplanes(data, width, count))
         if _BIG_ENDIAN:
@@ -273,6 +307,8 @@ def encode_times(timestamps: list[float], base_us: int) -> tuple[object, bool]:
 def decode_times(column: object, count: int, base_us: int) -> list[float]:
     if isinstance(column, float) or (isinstance(column, list) and column and column[0] in _FLOATS):
         return decode_floats(column, count)
+    if not _is_int(base_us):
+        raise ColumnError(f"t_base_us must be an integer, got {type(base_us).__name__}")
     return [(base_us + us) / 1_000_000 for us in decode_ints(column, count)]
 
 
@@ -280,5 +316,5 @@ def micros_of(timestamp: float) -> int:
     return round(timestamp * 1e6)
 
 
-__all__ = ["ColumnError", "decode_floats", "decode_ints", "decode_times", "decode_values", "encode_floats",
+__all__ = ["ColumnError", "capacity", "decode_floats", "decode_ints", "decode_times", "decode_values", "encode_floats",
            "encode_ints", "encode_times", "encode_values", "micros_of", "pack_unsigned", "unpack_unsigned"]

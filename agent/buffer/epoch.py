@@ -103,7 +103,8 @@ def open_store_db(path: Path, synchronous: str, read_only: bool) -> OpenedStore:
     except sqlite3.DatabaseError as exc:
         if db is not None:
             db.close()
-        raise StoreError(f"{path}: cannot open buffer database: {exc}") from None
+        # Chained: a locked, full or failing database is a transient failure (exit 75), not a bad config.
+        raise StoreError(f"{path}: cannot open buffer database: {exc}") from exc
     except BaseException:
         if db is not None:
             db.close()

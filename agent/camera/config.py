@@ -12,8 +12,7 @@ Example (the defaults)::
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,11 @@ SECTION = ("camera",)
 @dataclass(frozen=True)
 class CameraConfig:
     enabled: bool = True
-    spool: str = "camera/spool"
-    quarantine: str = "camera/quarantine"
-    socket: str = "camera/camera.sock"
-    poll_interval_s: float = 0.5
+    spool: str = field(default="camera/spool", metadata=schema.text(schema.PATH))
+    quarantine: str = field(default="camera/quarantine", metadata=schema.text(schema.PATH))
+    # A Unix socket path (relative to the state directory) is limited to about 100 bytes (sun_path).
+    socket: str = field(default="camera/camera.sock", metadata=schema.text(schema.Text(100)))
+    poll_interval_s: float = field(default=0.5, metadata=schema.num(0.01, 60))
 
     def paths(self, state_dir: str | Path) -> tuple[Path, Path, Path | None]:
         """(spool, quarantine, socket or None), resolved against the state directory."""
@@ -42,8 +42,6 @@ def parse_camera(doc: Located | None, data: Any, path: tuple = SECTION) -> Camer
     if doc is None:
         doc = Located("<defaults>", {}, {(): 1})
     config = schema.build(CameraConfig, doc, path, data or {})
-    if not math.isfinite(config.poll_interval_s) or not 0.01 <= config.poll_interval_s <= 60:
-        raise doc.error((*path, "poll_interval_s"), f"must be 0.01 to 60 seconds, got {config.poll_interval_s}")
     for key in ("spool", "quarantine"):
         if not getattr(config, key).strip():
             raise doc.error((*path, key), "needs a directory")

@@ -132,8 +132,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(render(cmd, request, result, running))
+    print(render(cmd, request, result, running, signing_key=_signing_key(state_dir) if cmd == "consent.show" else None))
     return 0
+
+
+def _signing_key(state_dir: Path) -> str:
+    """The signing key's fingerprint for ``consent show`` (never creates the key)."""
+    from agent.export.anchor import signing_key_fingerprint
+
+    try:
+        fingerprint = signing_key_fingerprint(state_dir, create=False)
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    return fingerprint or "not made yet (the agent makes it at its first start)"
 
 
 # -- output -------------------------------------------------------------------------------
@@ -161,10 +172,15 @@ def render_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render(cmd: str, request: dict[str, Any], result: Any, running: bool) -> str:
+def render(cmd: str, request: dict[str, Any], result: Any, running: bool, signing_key: str | None = None) -> str:
     where = "" if running else "\n(agent not running: state updated; it applies when the agent starts)"
     if cmd == "consent.show":
-        return render_table(result)
+        key = ""
+        if signing_key:
+            key = f"\nvehicle signing key: {signing_key}"
+            if signing_key.startswith("SHA256:"):
+                key += "\n  (your exports are signed by it: `vehicle-agent export verify DIR --fingerprint SHA256:...`)"
+        return render_table(result) + key
     if cmd == "consent.zones.list":
         if not result:
             return "no privacy zones"

@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
             frame = decoder.decode(msg, bus)
             if frame is not None:
                 writer.write(frame)
+    if source.stats.warning:  # the log was read to its end and held no frame: nothing to decode is a failure
+        print(f"vehicle-agent decode: error: {source.stats.warning}", file=sys.stderr)
+        return 1
     total = decoder.total()
     print(f"decoded {total.decoded} of {total.frames} frames into {writer.samples} samples "
           f"({total.unknown_id} unknown id, {total.wrong_length} wrong length, {total.decode_errors} decode errors)",

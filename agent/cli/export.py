@@ -2,13 +2,21 @@
 
     vehicle-agent export --incident ID --out DIR --config agent.yaml
     vehicle-agent export --from T1 --to T2 --out DIR --config agent.yaml [--log drive.log ...]
-    vehicle-agent export verify DIR [--key vehicle-public-key.pem]
+    vehicle-agent export verify DIR [--fingerprint SHA256:... | --key vehicle.pem | --trust-file FILE]
+    vehicle-agent export trust SHA256:... [--name LABEL] [--trust-file FILE]
 
 Times are epoch seconds or ISO 8601 (``2024-05-01T08:00:00+08:00``; without an
 offset, the machine's local time).  A range export takes its raw frames from
 the logs given with ``--log`` or, without them, from the incident snapshots
 that overlap the range (the only raw frames the car keeps).  Every export is
 signed with the vehicle's Ed25519 key and recorded in the ledger.
+
+``export verify`` exits 0 when the export is intact and signed by a key you
+trust, 1 when a file, the manifest or the signature is wrong (each named with
+its reason), 3 when it is intact but signed by a key you did not vouch for.
+Trusted keys: ``--fingerprint``/``--key`` when given, else the trust file
+(``~/.config/vehicle-agent/trusted-keys``; ``export trust`` adds to it).  The
+vehicle's fingerprint comes from ``vehicle-agent identity`` on the vehicle.
 """
 
 from __future__ import annotations
@@ -21,8 +29,15 @@ from pathlib import Path
 
 from agent.cli.common import bus_map_from_config, decoder_from_config
 from agent.config import AgentConfig, load_config
-from agent.export.signing import load_or_create_key, load_public_pem
-from agent.export.verify import verify_export
+from agent.export.signing import (
+    display_fingerprint,
+    fingerprint,
+    load_or_create_key,
+    load_public_pem,
+    parse_fingerprint,
+)
+from agent.export.trust import add_trusted, default_trust_file, read_trust_file
+from agent.export.verify import EXIT_OK, verify_export
 from agent.export.writer import MANIFEST, ExportResult, export_incident, export_range
 from agent.incident.config import incident_config
 from agent.incident.store import IncidentStore
@@ -44,9 +59,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--log", nargs="+", action="extend", default=[], metavar="FILE",
                         help="range export: recorded logs holding the frames (default: incident snapshots)")
     actions = parser.add_subparsers(dest="export_action", metavar="ACTION")
-    verify = actions.add_parser("verify", help="check an export's signature and every file")
+    verify = actions.add_parser("verify", help="check an export's signature, every file, and whose key signed it")
     verify.add_argument("directory", metavar="DIR")
-    verify.add_argument("--key", metavar="PEM", help="the vehicle's public key to trust (default: the one inside)")
+    verify.add_argument("--key", metavar="PEM", help="the vehicle's public key (PEM) to trust")
+    verify.add_argument("--fingerprint", action="append", default=[], metavar="SHA256:HEX",
+                        help="a trusted signing-key fingerprint, as `vehicle-agent identity` prints it (repeatable)")
+    verify.add_argument("--trust-file", metavar="FILE", help=f"trusted fingerprints (default {default_trust_file()})")
+    trust = actions.add_parser("trust", help="add a vehicle's signing-key fingerprint to your trust file")
+    trust.add_argument("fingerprint", metavar="SHA256:HEX")
+    trust.add_argument("--name", default="", help="a label, e.g. the vehicle's plate")
+    trust.add_argument("--trust-file", metavar="FILE", help=f"default {default_trust_file()}")
     parser.set_defaults(func=run)
 
 
@@ -65,6 +87,12 @@ def parse_time(text: str, option: str) -> float:
 def run(args: argparse.Namespace) -> int:
     if args.export_action == "verify":
         return _verify(args)
+    if args.export_action == "trust":
+        path = Path(args.trust_file) if args.trust_file else default_trust_file()
+        added = add_trusted(path, args.fingerprint, args.name)
+        shown = display_fingerprint(parse_fingerprint(args.fingerprint))
+        print(f"{shown} {'added to' if added else 'is already in'} {path}")
+        return 0
     if not args.config:
         raise ValueError("--config FILE is needed (it names the state directory and the DBC files)")
     if not args.out:
@@ -140,12 +168,22 @@ def _export_range(config: AgentConfig, args: argparse.Namespace) -> ExportResult
                         ledger_head=ledger.head())
 
 
-def _verify(args: argparse.Namespace) -> int:
-    trusted = None
+def _trusted(args: argparse.Namespace) -> dict[str, str]:
+    """Fingerprint -> label: the ones given on the command line, else the trust file's."""
+    given = {parse_fingerprint(text): "given with --fingerprint" for text in args.fingerprint}
     if args.key:
-        trusted = load_public_pem(Path(args.key).read_bytes(), args.key)
-    result = verify_export(args.directory, trusted)
-    print(result.summary(), file=sys.stdout if result.ok else sys.stderr)
+        with open(args.key, "rb") as handle:
+            given[fingerprint(load_public_pem(handle.read(1 << 16), args.key))] = f"key {args.key}"
+    if given:
+        return given
+    path = Path(args.trust_file) if args.trust_file else default_trust_file()
+    return {digest: label or f"in {path}" for digest, label in read_trust_file(path).items()}
+
+
+def _verify(args: argparse.Namespace) -> int:
+    result = verify_export(args.directory, trusted=_trusted(args))
+    code = result.exit_code
+    print(result.summary(), file=sys.stdout if code == EXIT_OK else sys.stderr)
     for problem in result.problems:
         print(f"  changed: {problem}", file=sys.stderr)
-    return 0 if result.ok else 1
+    return code

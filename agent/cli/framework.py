@@ -3,7 +3,11 @@
 Each subcommand is a module defining ``register(subparsers)``, which adds its
 parser and sets ``func`` to a ``run(args) -> int`` (as cantools' ``subparsers/``).
 Errors a user can fix (``ValueError`` subclasses such as ConfigError, ``OSError``)
-print as one line naming the command, never as a traceback.
+print as one line naming the command, never as a traceback.  The exit status
+says what kind of failure it was (``agent.service.exitcodes``): 2 for a
+configuration error (systemd does not restart the service), 75 for a temporary
+one (it does), 1 for a bug (traceback in the log).  When stderr is the journal,
+every line carries its syslog priority (``agent.service.journal``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+
+from agent.service.exitcodes import EXIT_INTERRUPTED, EXIT_SOFTWARE, exit_code_for
+from agent.service.journal import configure_logging, error_line
 
 
 def build_parser(prog: str, description: str, subcommands: Sequence[str]) -> argparse.ArgumentParser:
@@ -29,7 +36,7 @@ def build_parser(prog: str, description: str, subcommands: Sequence[str]) -> arg
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    journal = configure_logging(level)
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
@@ -37,7 +44,15 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ValueError, OSError) as exc:
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        error_line(f"{parser.prog} {args.command}: error: {exc}", journal)
+        return exit_code_for(exc)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        code = exit_code_for(exc)  # e.g. sqlite3.OperationalError "database is locked": temporary
+        if code == EXIT_SOFTWARE:
+            logging.getLogger(parser.prog).critical("%s %s: unexpected error", parser.prog, args.command,
+                                                    exc_info=True)
+        else:
+            error_line(f"{parser.prog} {args.command}: error: {type(exc).__name__}: {exc}", journal)
+        return code

@@ -2,6 +2,12 @@
 
     vehicle-agent ledger [show] [--since 7d | 2024-06-01 | 2024-06-01T08:00] [--json]
     vehicle-agent ledger verify        exit 0 when intact, 1 when damaged (says where)
+    vehicle-agent ledger verify --against anchor.json
+                                       also compare with a head kept outside the car: exit 1 when the
+                                       ledger was rolled back or rewritten below it
+
+The anchor file is JSON: ``{"seq": N, "line_sha256": "..."}`` as the receiver exports it, or a status
+message of the vehicle (its ``health.anchor.ledger_head``).
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import time
 from typing import Any
 
 from agent.cli.consent import add_state_arguments, state_from_args, when
+from agent.export.anchor import signing_key_fingerprint
 from agent.ledger import Ledger, LedgerEntry
+from agent.ledger_chain import anchor_from_document, compare_anchor, loads_limited
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_ANCHOR_BYTES = 1 << 20
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_state_arguments(parser)
     parser.add_argument("--since", metavar="WHEN", help="only entries since WHEN: 7d, 12h, 30m, or a date/time")
     parser.add_argument("--json", action="store_true", help="one JSON entry per line")
+    parser.add_argument("--against", metavar="FILE",
+                        help="verify: also compare with this anchor (ledger head kept outside the car)")
     parser.set_defaults(func=run)
 
 
@@ -44,6 +55,15 @@ def _categories(fields: dict[str, Any]) -> str:
 
 
 def describe(entry: LedgerEntry) -> str:
+    """One line; an entry whose fields are not what its kind promises (an edit) is shown as it is."""
+    try:
+        return _describe(entry)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, OSError):
+        text = json.dumps(entry.fields, sort_keys=True)
+        return f"{entry.kind} (unexpected fields): {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+def _describe(entry: LedgerEntry) -> str:
     f = entry.fields
     if entry.kind == "upload":
         span = f"{when(f['first'])} .. {when(f['last'])}" if f.get("first") is not None else "-"
@@ -68,17 +88,56 @@ def describe(entry: LedgerEntry) -> str:
     return f"{entry.kind}: " + ", ".join(f"{k} {v}" for k, v in sorted(f.items()))
 
 
+def load_anchor(path: str) -> dict[str, Any]:
+    """The anchor in FILE (ValueError naming the file when there is none)."""
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_ANCHOR_BYTES + 1)
+    try:
+        if len(data) > MAX_ANCHOR_BYTES:
+            raise ValueError(f"larger than {MAX_ANCHOR_BYTES} bytes")
+        return anchor_from_document(loads_limited(data))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not an anchor: {exc}") from None
+
+
+def _against(ledger: Ledger, path: str, state_dir) -> dict[str, Any]:
+    anchor = load_anchor(path)
+    try:
+        data = ledger.path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    problems = [p for p in [compare_anchor(data, anchor)] if p]
+    anchored_key = anchor.get("signing_key")
+    try:
+        local_key = signing_key_fingerprint(state_dir, create=False) if anchored_key else None
+    except (OSError, ValueError):  # an unusable key file: `identity` and `export` say why
+        local_key = None
+    if anchored_key and local_key and anchored_key.lower() != local_key.lower():
+        problems.append(f"the anchor was published with signing key {anchored_key}, this vehicle's key is "
+                        f"{local_key} (another vehicle's anchor, or the key was replaced)")
+    where = f"anchor {path} (seq {anchor['seq']}, line sha256 {anchor['line_sha256'][:16]}...)"
+    report = (f"ledger does not match the {where}: " + "; ".join(problems)) if problems else \
+        f"ledger matches the {where}"
+    return {"ok": not problems, "seq": anchor["seq"], "line_sha256": anchor["line_sha256"], "problems": problems,
+            "report": report}
+
+
 def run(args: argparse.Namespace) -> int:
     state_dir, _ = state_from_args(args)
     # verify only reads: a torn last line is reported, not repaired (the agent repairs it when it opens the ledger)
     ledger = Ledger.in_dir(state_dir, repair=args.action != "verify")
     if args.action == "verify":
         result = ledger.verify()
+        against = _against(ledger, args.against, state_dir) if args.against else None
         if args.json:
-            print(json.dumps(result.__dict__))
+            print(json.dumps({**result.__dict__, **({"anchor": against} if against else {})}))
         else:
             print(result)
-        return 0 if result.ok else 1
+            if against:
+                print(against["report"])
+        return 0 if result.ok and (against is None or against["ok"]) else 1
+    if args.against:
+        raise ValueError("--against goes with `ledger verify`")
     since = parse_since(args.since, time.time()) if args.since else None
     entries = ledger.entries(since)
     for entry in entries:

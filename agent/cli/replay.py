@@ -59,12 +59,16 @@ def run(args: argparse.Namespace) -> int:
             summary["incidents"] = sidecars.counters.as_dict()
         summary["seconds"] = round(elapsed, 3)
         summary["frames_per_s"] = round(summary["frames_in"] / elapsed) if elapsed > 0 else None
+        if source.stats.warning:
+            summary["log_warning"] = source.stats.warning
         store.close()
         _print(summary, args.json, consent.policy.bench)
     return 0
 
 
 def _print(summary: dict, as_json: bool, bench: bool) -> None:
+    if summary.get("log_warning"):  # e.g. "LOG: no CAN frames in 4096 bytes (not an ASC log?)"
+        print(f"vehicle-agent replay: warning: {summary['log_warning']}", file=sys.stderr)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return

@@ -6,9 +6,9 @@ import argparse
 import json
 import logging
 import signal
-import sys
 
 from agent.runtime import AgentRuntime
+from agent.service.exitcodes import EPILOG
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run the agent on live buses (the systemd service)",
                                    description="SIGTERM/SIGINT stop cleanly (open batches are flushed to the "
-                                               "buffer); SIGHUP reloads the config; SIGUSR1 logs the counters.")
+                                               "buffer); SIGHUP reloads the config; SIGUSR1 logs the status as "
+                                               "one line of JSON.",
+                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="agent configuration (YAML)")
     parser.add_argument("--consent", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--grant-all", action="store_true", help=argparse.SUPPRESS)
@@ -28,13 +30,11 @@ def install_signal_handlers(runtime: AgentRuntime) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
         runtime.stop()
 
-    def dump(_signum: int, _frame: object) -> None:
-        print(json.dumps(runtime.status(), indent=2, default=str), file=sys.stderr, flush=True)
-
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda _s, _f: runtime.request_reload())
-    signal.signal(signal.SIGUSR1, dump)
+    # The pipeline thread writes the dump: a handler may interrupt it while it holds the store's lock.
+    signal.signal(signal.SIGUSR1, lambda _s, _f: runtime.request_status_dump())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("can.interfaces.socketcand").setLevel(logging.ERROR)
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("agent").setLevel(logging.INFO)
+    # Until the handlers are in place (start-up may take a while on a large buffer), a status request or a
+    # reload must not kill the agent (their default action ends the process).
+    for signum in (signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     runtime = AgentRuntime(args.config, consent_file=args.consent)
     install_signal_handlers(runtime)
     runtime.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_from_args
 from agent.decode import Decoder
@@ -33,9 +34,15 @@ def run(args: argparse.Namespace) -> int:
     for bus, msg in source:
         decoder.decode(msg, bus)
     report = coverage(decoder)
+    warning = source.stats.warning  # read to its end without a frame: there are no statistics to give
+    if warning:
+        print(f"vehicle-agent stats: error: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"log": str(args.log), "buses": report}, indent=2))
-        return 0
+        print(json.dumps({"log": str(args.log), "buses": report, **({"error": warning} if warning else {})},
+                         indent=2))
+        return 1 if warning else 0
+    if warning:
+        return 1
     for bus, info in report.items():
         counts = info["counters"]
         print(f"bus {bus}: {counts['frames']} frames, {info['coverage']:.1%} decoded")

@@ -32,6 +32,10 @@ def _human(status: dict) -> str:
     pipeline = status["pipeline"]
     lines.append(f"frames in {pipeline['frames_in']}, batches written {pipeline['batches_written']}, "
                  f"samples {pipeline['samples_written']}")
+    for bus, state in (status.get("buses") or {}).items():
+        if state.get("state") != "open":
+            retry = f", retry in {state['retry_in_s']:.0f} s" if "retry_in_s" in state else ""
+            lines.append(f"  bus {bus} {state.get('state')}: {state.get('reason', '?')}{retry}")
     for bus, counts in pipeline["decode"].items():
         dropped = status.get("dropped_at_bus", {}).get(bus, 0)
         rate = status.get("frames_per_s", {}).get(bus, 0.0)

@@ -10,8 +10,6 @@ file:line:column.  ``config/collection.example.yaml`` documents every key.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -26,8 +24,6 @@ from agent.yamlsrc import ConfigError, Located, format_path
 
 DEFAULT_STREAM = "telemetry"
 DROP = "drop"
-_STREAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_CAMPAIGN_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SECTION = ("collection",)
 
 
@@ -145,45 +141,55 @@ class CollectionPlan:
 # -- YAML shapes (schema.build rejects unknown keys and wrong types) -----------------------
 
 
+# Limits: numbers are finite and within these ranges, strings within these lengths (docs/configuration.md).
+PRIORITY = schema.num(-1000, 1000)
+STREAM = schema.Text(64, "A-Za-z0-9_-", min_len=1, what="letters, digits, - and _",
+                     message="stream names are 1-64 letters, digits, - or _")
+CAMPAIGN = schema.Text(64, "A-Za-z0-9_.-", min_len=1, what="letters, digits, ., - and _",
+                       message="campaign names are 1-64 letters, digits, ., - or _")
+
+
 @dataclass
 class _OnChange:
-    abs: float | None = None
-    rel: float | None = None
+    abs: float | None = field(default=None, metadata=schema.num(0, 1e15))
+    rel: float | None = field(default=None, metadata=schema.num(0, 1e6))
 
 
 @dataclass
 class _SignalRule:
-    match: str
-    period_ms: float | None = None
+    match: str = field(metadata=schema.text(schema.Text(256)))
+    period_ms: float | None = field(default=None, metadata=schema.num(0, 86_400_000, above=True))
     aggregate: Literal["last", "min", "max", "mean"] | None = None
-    on_change: Any = None  # true, or {abs: x} / {rel: x}; checked by hand for precise errors
-    max_rate_hz: float | None = None
+    # true, or {abs: x} / {rel: x}; checked by hand for precise errors, then built as _OnChange.
+    on_change: Any = field(default=None, metadata=schema.deferred(_OnChange))
+    max_rate_hz: float | None = field(default=None, metadata=schema.num(0, 1_000_000, above=True))
 
 
 @dataclass
 class _Trigger:
-    when: str
+    when: str = field(metadata=schema.text(schema.FREE))
     mode: Literal["rising_edge", "level"] = "rising_edge"
-    min_interval_s: float = 0.0
-    pre_s: float = 0.0
-    post_s: float = 0.0
+    min_interval_s: float = field(default=0.0, metadata=schema.num(0, 86_400))
+    pre_s: float = field(default=0.0, metadata=schema.num(0, 600))
+    post_s: float = field(default=0.0, metadata=schema.num(0, 600))
 
 
 @dataclass
 class _Campaign:
-    name: str
-    stream: str = DEFAULT_STREAM
-    priority: int = 0
+    name: str = field(metadata=schema.text(CAMPAIGN))
+    stream: str = field(default=DEFAULT_STREAM, metadata=schema.text(STREAM))
+    priority: int = field(default=0, metadata=PRIORITY)
     enabled: bool = True
-    signals: list[Any] = field(default_factory=list)
+    # Each a glob (a bare string) or a rule mapping, built by _rule.
+    signals: list[Any] = field(default_factory=list, metadata=schema.deferred(_SignalRule))
     trigger: _Trigger | None = None
 
 
 @dataclass
 class _Collection:
-    default_stream: str | None = None
-    default_priority: int = 0
-    clock_reset_s: float = 1.0
+    default_stream: str | None = field(default=None, metadata=schema.text(STREAM))  # or "drop"
+    default_priority: int = field(default=0, metadata=PRIORITY)
+    clock_reset_s: float = field(default=1.0, metadata=schema.num(0, 86_400, above=True))
     campaigns: list[_Campaign] = field(default_factory=list)
 
 
@@ -210,8 +216,6 @@ def parse_collection(config: AgentConfig | Located, source_text: str | None = No
         raise doc.error(SECTION, f"expected a mapping, got {type(data).__name__}")
     raw = schema.build(_Collection, doc, SECTION, data)
     lines = _source_lines(doc, source_text)
-    if raw.clock_reset_s <= 0 or not math.isfinite(raw.clock_reset_s):
-        raise doc.error((*SECTION, "clock_reset_s"), "must be a positive number of seconds")
     campaigns: list[Campaign] = []
     names: set[str] = set()
     for index, item in enumerate(raw.campaigns):
@@ -225,10 +229,8 @@ def parse_collection(config: AgentConfig | Located, source_text: str | None = No
         names.add(campaign.name)
         if item.enabled:
             campaigns.append(campaign)
-    if "default_stream" in data:
+    if "default_stream" in data:  # its characters: checked by its declaration (STREAM)
         default = raw.default_stream
-        if default is not None and default != DROP:
-            _check_stream(doc, (*SECTION, "default_stream"), default)
         default_stream = None if default in (None, DROP) else default
     else:
         default_stream = None if raw.campaigns else DEFAULT_STREAM
@@ -244,22 +246,7 @@ def _source_lines(doc: Located, source_text: str | None) -> list[str]:
     return source_text.splitlines()
 
 
-def _check_stream(doc: Located, path: tuple, stream: str) -> None:
-    if not _STREAM_RE.match(stream):
-        raise doc.error(path, f"stream names are 1-64 letters, digits, - or _, got {stream!r}")
-
-
-def _positive(doc: Located, path: tuple, value: float | None, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise doc.error(path, f"must be {'zero or more' if allow_zero else 'more than zero'}, got {value!r}")
-
-
 def _campaign(doc: Located, path: tuple, item: _Campaign, lines: list[str]) -> Campaign:
-    if not _CAMPAIGN_RE.match(item.name):
-        raise doc.error((*path, "name"), f"campaign names are 1-64 letters, digits, ., - or _, got {item.name!r}")
-    _check_stream(doc, (*path, "stream"), item.stream)
     trigger = _trigger(doc, (*path, "trigger"), item.trigger, lines) if item.trigger else None
     if not item.signals and trigger is None:
         raise doc.error((*path, "signals"), "a campaign without a trigger needs at least one signal rule")
@@ -279,8 +266,6 @@ def _rule(doc: Located, path: tuple, entry: Any, triggered: bool) -> SignalRule:
         raise doc.error((*path, sampled[0]),
                         "a trigger campaign records its signals at full rate around each trigger; "
                         "sample them in a separate campaign")
-    _positive(doc, (*path, "period_ms"), raw.period_ms)
-    _positive(doc, (*path, "max_rate_hz"), raw.max_rate_hz)
     if raw.aggregate and raw.period_ms is None:
         raise doc.error((*path, "aggregate"), "aggregate needs period_ms")
     if raw.period_ms is not None and raw.on_change:
@@ -302,14 +287,10 @@ def _on_change(doc: Located, path: tuple, value: Any) -> tuple[bool, float, floa
     raw = schema.build(_OnChange, doc, path, value)
     if raw.abs is not None and raw.rel is not None:
         raise doc.error(path, "give an absolute (abs) or a relative (rel) deadband, not both")
-    _positive(doc, (*path, "abs"), raw.abs, allow_zero=True)
-    _positive(doc, (*path, "rel"), raw.rel, allow_zero=True)
     return True, raw.abs or 0.0, raw.rel
 
 
 def _trigger(doc: Located, path: tuple, raw: _Trigger, lines: list[str]) -> Trigger:
-    for key in ("min_interval_s", "pre_s", "post_s"):
-        _positive(doc, (*path, key), getattr(raw, key), allow_zero=True)
     when_path = (*path, "when")
     line = doc.line(when_path)
     location = ExprLocation(doc.source, format_path(when_path), line, _chunks(raw.when, lines, line))

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 CONTROL_SOCKET = "control.sock"
 MAX_LINE = 64 * 1024
+# Connections served at once (one thread each, refusals included): the unit allows 128 tasks in all.
+MAX_CONNECTIONS = 8
 _SUN_PATH_MAX = 107  # Linux sockaddr_un.sun_path, without the terminating NUL
 
 
@@ -49,6 +51,8 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.busy_refusals = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -121,12 +125,25 @@ class ControlServer:
                 if self._stop.is_set():
                     return
                 raise
+            if not self._slots.acquire(blocking=False):
+                self.busy_refusals += 1
+                with conn, contextlib.suppress(OSError):
+                    conn.settimeout(0.5)
+                    conn.sendall(_encode({"ok": False, "error": f"busy: {MAX_CONNECTIONS} connections open"}))
+                continue
             uid = peer_uid(conn)
             if uid not in self.allowed_uids:
                 log.warning("control socket: refused a connection from uid %d", uid)
-                threading.Thread(target=_refuse, args=(conn,), name="control-refuse", daemon=True).start()
-                continue
-            threading.Thread(target=self._serve, args=(conn,), name="control-conn", daemon=True).start()
+                target = _refuse
+            else:
+                target = self._serve
+            threading.Thread(target=self._in_slot, args=(target, conn), name="control-conn", daemon=True).start()
+
+    def _in_slot(self, target: Any, conn: socket.socket) -> None:
+        try:
+            target(conn)
+        finally:
+            self._slots.release()
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(30.0)

@@ -24,8 +24,6 @@ their names are checked against the DBC signals when the recorder is built.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,7 +36,8 @@ from agent.yamlsrc import Located, format_path
 
 SECTION = ("incidents",)
 DEFAULT_CATEGORIES = ("driving", "vehicle_health", "location", "incident")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
+TRIGGER_NAME = schema.Text(48, "A-Za-z0-9_-", min_len=1, what="letters, digits, - and _",
+                           message="trigger names are 1-48 letters, digits, - or _")
 
 
 @dataclass(frozen=True)
@@ -65,23 +64,24 @@ class IncidentConfig:
 
 @dataclass
 class _Trigger:
-    name: str
-    when: str
+    name: str = field(metadata=schema.text(TRIGGER_NAME))
+    when: str = field(metadata=schema.text(schema.FREE))
     mode: Literal["rising_edge", "level"] = "rising_edge"
-    min_interval_s: float = 0.0
+    min_interval_s: float = field(default=0.0, metadata=schema.num(0, 86_400))
 
 
+# The YAML shape of the section; its limits are the documented ones (pre_s + post_s <= 600 is checked below).
 @dataclass
 class _Incidents:
-    pre_s: float = 20.0
-    post_s: float = 5.0
-    categories: list[str] = field(default_factory=lambda: list(DEFAULT_CATEGORIES))
-    keep: int = 20
-    max_mb: float = 512.0
-    dir: str = "incidents"
-    late_s: float = 10.0
-    settle_s: float = 0.5
-    camera_triggers: list[str] = field(default_factory=lambda: ["collision"])
+    pre_s: float = field(default=20.0, metadata=schema.num(0, 600))
+    post_s: float = field(default=5.0, metadata=schema.num(0, 600))
+    categories: list[str] = field(default_factory=lambda: list(DEFAULT_CATEGORIES), metadata=schema.text(schema.ID))
+    keep: int = field(default=20, metadata=schema.num(1, 100_000))
+    max_mb: float = field(default=512.0, metadata=schema.num(0.001, 1_048_576))
+    dir: str = field(default="incidents", metadata=schema.text(schema.PATH))
+    late_s: float = field(default=10.0, metadata=schema.num(0, 3600))
+    settle_s: float = field(default=0.5, metadata=schema.num(0, 60))
+    camera_triggers: list[str] = field(default_factory=lambda: ["collision"], metadata=schema.text(schema.ID))
     triggers: list[_Trigger] = field(default_factory=list)
 
 
@@ -89,17 +89,11 @@ def parse_incidents(doc: Located | None, data: Any, path: tuple = SECTION) -> In
     """Typed ``incidents:`` section; errors read ``file:line: incidents.key: problem``."""
     if doc is None:
         doc = Located("<defaults>", {}, {(): 1})
-    raw = schema.build(_Incidents, doc, path, data or {})
-    for key in ("pre_s", "post_s", "late_s", "settle_s", "max_mb"):
-        value = getattr(raw, key)
-        if not math.isfinite(value) or value < 0 or (key == "max_mb" and value == 0):
-            raise doc.error((*path, key), f"must be a positive number, got {value!r}")
+    raw = schema.build(_Incidents, doc, path, data or {})  # numbers: checked by their declared ranges
     if raw.pre_s + raw.post_s <= 0:
         raise doc.error((*path, "post_s"), "the window pre_s + post_s must be longer than zero")
     if raw.pre_s + raw.post_s > 600:
         raise doc.error((*path, "pre_s"), "a snapshot window longer than 10 minutes is a recording, not a snapshot")
-    if raw.keep < 1:
-        raise doc.error((*path, "keep"), f"must keep at least 1 snapshot, got {raw.keep}")
     for index, category in enumerate(raw.categories):
         if category not in ALL_CATEGORIES:
             raise doc.error((*path, "categories", index),
@@ -112,13 +106,9 @@ def parse_incidents(doc: Located | None, data: Any, path: tuple = SECTION) -> In
     names: set[str] = set()
     for index, item in enumerate(raw.triggers):
         where = (*path, "triggers", index)
-        if not _NAME_RE.match(item.name):
-            raise doc.error((*where, "name"), f"trigger names are 1-48 letters, digits, - or _, got {item.name!r}")
         if item.name in names:
             raise doc.error((*where, "name"), f"duplicate trigger name {item.name!r}")
         names.add(item.name)
-        if not math.isfinite(item.min_interval_s) or item.min_interval_s < 0:
-            raise doc.error((*where, "min_interval_s"), f"must be zero or more, got {item.min_interval_s!r}")
         triggers.append(IncidentTrigger(item.name, _expression(doc, (*where, "when"), item)))
     return IncidentConfig(raw.pre_s, raw.post_s, tuple(dict.fromkeys(raw.categories)), raw.keep, raw.max_mb,
                           raw.dir, raw.late_s, raw.settle_s, tuple(raw.camera_triggers), tuple(triggers))

@@ -30,7 +30,7 @@ SECTION = ("consent",)
 @dataclass(frozen=True)
 class ConsentConfig:
     profile: Literal["china"] = "china"
-    grantable: list[str] = field(default_factory=lambda: list(GRANTABLE))
+    grantable: list[str] = field(default_factory=lambda: list(GRANTABLE), metadata=schema.text(schema.ID))
     max_expiry: Literal["drive", "7d", "90d", "1y"] = "1y"
     finest_location_level: Literal["city", "geohash5", "geohash6", "round3"] = "round3"
     location_off_at_ignition: bool = False

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agent.ledger_chain import looks_personal
 from agent.model import ALL_CATEGORIES, UNCLASSIFIED
 from agent.privacy.transforms import LOCATION_LEVELS, ZoneCircle, level_rank
 
@@ -196,6 +197,10 @@ def check_purpose(purpose: str) -> str:
     purpose = " ".join(purpose.split())
     if len(purpose) > PURPOSE_MAX_CHARS:
         raise ConsentError(f"purpose is longer than {PURPOSE_MAX_CHARS} characters")
+    personal = looks_personal(purpose)
+    if personal is not None:  # the purpose goes into the ledger, which never holds a personal value
+        raise ConsentError(f"purpose looks like it holds a personal value ({personal}): say what the data is for, "
+                           "in words")
     return purpose
 
 

@@ -7,17 +7,28 @@ simulator serves this protocol on loopback), ``socketcan://CHANNEL`` (kernel
 CAN, e.g. can0 or vcan0).  Any other python-can interface is reachable from
 the YAML config (interface + channel + options).
 
-python-can's ``Notifier`` reads each bus on its own thread and hands frames to
-a bounded queue; when the consumer falls behind, frames are dropped and
-counted (a live bus cannot be paused).
+Each bus has its own reader thread (``bus-NAME``) that hands frames to one
+bounded queue; when the consumer falls behind, frames are dropped and counted
+(a live bus cannot be paused).  A bus opened from its python-can arguments
+(``LiveSource.connect``) that cannot be opened yet (a USB adapter that appears
+late at boot, a socketcand server not up yet) or that dies later (adapter
+unplugged, server gone) is retried by its thread with backoff (1 s doubling to
+60 s, jittered) while the other buses keep flowing; ``states()`` says which
+bus is open and which is waiting, why, and for how long.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import queue
+import random
+import socket
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,9 +37,30 @@ import can
 from agent.config import BusConfig
 from agent.netlocal import local_bus_problem
 
+log = logging.getLogger(__name__)
+
+RECV_TIMEOUT_S = 0.1
+# A socketcand server that is not up is found with one quick TCP connect: python-can's client itself retries
+# connect() in a busy loop for 10 s (a core at 100 %) before it gives up.
+PROBE_TIMEOUT_S = 2.0
+REASON_CHARS = 200
+# A bus that dies sooner than this after it opened keeps backing off (an interface that is down may open and
+# fail at once, again and again); one that ran longer starts again from the first delay.
+STABLE_S = 10.0
+
 
 class BusUrlError(ValueError):
-    pass
+    """A bus that cannot work as configured (bad URL, not local, unknown interface): a configuration error."""
+
+
+class BusUnavailable(BusUrlError):
+    """The bus cannot be opened now (adapter absent, server not up, interface down): worth retrying."""
+
+    transient = True
+
+
+# python-can failures that retrying cannot fix: an unknown interface or a missing driver module, bad arguments.
+_PERMANENT = (can.CanInterfaceNotImplementedError, ImportError, TypeError)
 
 
 def bus_kwargs_from_url(url: str) -> dict[str, Any]:
@@ -67,58 +99,249 @@ def bus_kwargs_from_config(bus: BusConfig) -> dict[str, Any]:
     return kwargs
 
 
+def _short(exc: BaseException) -> str:
+    """One line of an exception for logs and status (python-can's socketcand errors carry a whole traceback)."""
+    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS - 3] + "..."
+
+
 def open_bus(kwargs: dict[str, Any]) -> can.BusABC:
+    """python-can ``Bus(**kwargs)``; BusUrlError when it can never work, BusUnavailable when it may later."""
     problem = local_bus_problem(kwargs)
+    where = f"{kwargs.get('interface')}:{kwargs.get('channel')}"
     if problem is not None:  # checked before python-can opens anything
-        raise BusUrlError(f"cannot open bus {kwargs.get('interface')}:{kwargs.get('channel')}: {problem}")
-    try:
-        return can.Bus(**kwargs)
-    except Exception as exc:  # python-can raises many types (CanError, OSError, ImportError ...)
-        where = f"{kwargs.get('interface')}:{kwargs.get('channel')}"
-        raise BusUrlError(f"cannot open bus {where}: {type(exc).__name__}: {exc}") from None
-
-
-class _Enqueue(can.Listener):
-    def __init__(self, source: LiveSource, bus: str) -> None:
-        self._source = source
-        self._bus = bus
-
-    def on_message_received(self, msg: can.Message) -> None:
-        msg.channel = self._bus
+        raise BusUrlError(f"cannot open bus {where}: {problem}")
+    if kwargs.get("interface") == "socketcand":
         try:
-            self._source.queue.put_nowait((self._bus, msg))
-        except queue.Full:
-            self._source.dropped[self._bus] = self._source.dropped.get(self._bus, 0) + 1
+            with socket.create_connection((str(kwargs.get("host")), int(kwargs.get("port", 0))), PROBE_TIMEOUT_S):
+                pass
+        except OSError as exc:
+            raise BusUnavailable(f"cannot open bus {where}: {_short(exc)}") from None
+    try:
+        # ignore_config: nothing from /etc/can.conf, ~/.canrc or CAN_* variables joins the checked arguments.
+        return can.Bus(ignore_config=True, **kwargs)
+    except _PERMANENT as exc:
+        raise BusUrlError(f"cannot open bus {where}: {_short(exc)}") from None
+    except ValueError as exc:
+        if not isinstance(exc, can.CanError):
+            raise BusUrlError(f"cannot open bus {where}: {_short(exc)}") from None
+        raise BusUnavailable(f"cannot open bus {where}: {_short(exc)}") from None
+    except Exception as exc:  # python-can raises many types (CanError, OSError, TimeoutError ...)
+        raise BusUnavailable(f"cannot open bus {where}: {_short(exc)}") from None
 
-    def on_error(self, exc: Exception) -> None:
-        self._source.errors.append(f"bus {self._bus}: {type(exc).__name__}: {exc}")
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before the n-th retry in a row: ``initial`` doubling up to ``maximum``, +-``jitter`` (a fraction),
+    so that buses (and agents) that failed together do not retry in step."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    jitter: float = 0.2
+
+    def delay(self, failures: int, rng: Callable[[], float] = random.random) -> float:
+        base = min(self.maximum, self.initial * 2.0 ** max(0, failures - 1))
+        return min(self.maximum, base * (1.0 - self.jitter + 2.0 * self.jitter * rng()))
 
 
-@dataclass
+def _peer_closed(bus: can.BusABC) -> bool:
+    """python-can's socketcand client does not notice a server that went away: its recv() just returns nothing
+    (in a busy loop).  Peek at its socket: end-of-stream means the server closed the connection."""
+    sock = getattr(bus, "_SocketCanDaemonBus__socket", None)
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+class _BusLink:
+    """One bus and its reader thread: open (with retries when ``kwargs`` is known), read, reopen when it dies."""
+
+    def __init__(self, source: LiveSource, name: str, bus: can.BusABC | None, kwargs: dict[str, Any] | None,
+                 reason: str | None = None) -> None:
+        self.source, self.name, self.bus, self.kwargs = source, name, bus, kwargs
+        self.state = "open" if bus is not None else "waiting"
+        self.reason = reason
+        self.failures = 0 if bus is not None else 1  # failed opens in a row
+        self.opens = 1 if bus is not None else 0
+        self.lost = 0  # times an open bus died
+        self.retry_at = 0.0 if bus is not None else time.monotonic() + source.backoff.delay(1)
+        self.opened_at = time.monotonic()
+        self._failures_before_open = 0
+        self.thread = threading.Thread(target=self._run, name=f"bus-{name}", daemon=True)
+
+    def status(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"state": self.state, "opens": self.opens, "lost": self.lost}
+        if self.state != "open" and self.reason:
+            info["reason"] = self.reason
+        if self.state == "waiting":
+            info["retry_in_s"] = round(max(0.0, self.retry_at - time.monotonic()), 1)
+            info["failures"] = self.failures
+        return info
+
+    def describe(self) -> str:
+        if self.state == "waiting":
+            retry = max(0.0, self.retry_at - time.monotonic())
+            return f"waiting: {self.reason}, retry in {retry:.0f} s"
+        return self.state if self.state == "open" or not self.reason else f"{self.state}: {self.reason}"
+
+    # -- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        stop = self.source.stop_event
+        try:
+            while not stop.is_set():
+                if self.bus is None:
+                    self._reopen()
+                else:
+                    self._read()
+        finally:
+            self._close_bus()
+            if self.state != "failed":
+                self.state = "stopped"
+
+    def _reopen(self) -> None:
+        """Wait for the retry time (or the stop), then try once."""
+        if self.source.stop_event.wait(max(0.0, self.retry_at - time.monotonic())):
+            return
+        self.state = "opening"  # shows a python-can open that hangs (a server that accepts but never answers)
+        try:
+            bus = self.source.opener(self.kwargs or {})
+        except Exception as exc:  # any failure here is a reason to try again later
+            self._schedule(str(exc) if isinstance(exc, BusUrlError) else _short(exc))
+            return
+        self.bus = bus
+        self.opens += 1
+        log.info("bus %s open (after %d failed attempt%s)", self.name, self.failures,
+                 "" if self.failures == 1 else "s")
+        self.opened_at, self._failures_before_open = time.monotonic(), self.failures
+        self.state, self.reason, self.failures = "open", None, 0
+
+    def _schedule(self, reason: str) -> None:
+        self.failures += 1
+        delay = self.source.backoff.delay(self.failures)
+        self.retry_at = time.monotonic() + delay
+        self.state, self.reason = "waiting", reason
+        # A warning when the bus goes down (the first failure in a row); the retries that follow are info.
+        (log.warning if self.failures == 1 else log.info)("bus %s: %s; retry in %.1f s", self.name, reason, delay)
+
+    def _read(self) -> None:
+        bus, stop, put = self.bus, self.source.stop_event, self.source.put
+        assert bus is not None
+        while not stop.is_set():
+            try:
+                msg = bus.recv(RECV_TIMEOUT_S)
+            except Exception as exc:  # the bus died: adapter gone, interface down, server gone
+                self._lost(_short(exc))
+                return
+            if msg is not None:
+                put(self.name, msg)
+            elif _peer_closed(bus):
+                if self.kwargs is None:  # handed over open (``record``): the server ending is the end of the data
+                    self._close_bus()
+                    self.state, self.reason = "ended", "connection closed by the socketcand server"
+                    log.info("bus %s: the socketcand server closed the connection", self.name)
+                    self.source.stop_event.wait()
+                    return
+                self._lost("connection closed by the socketcand server")
+                return
+
+    def _lost(self, reason: str) -> None:
+        if self.source.stop_event.is_set():
+            return
+        self.lost += 1
+        self._close_bus()
+        self.source.errors.append(f"bus {self.name}: {reason}")
+        if self.kwargs is None:  # handed over already open: nothing to reopen it with
+            self.state, self.reason = "failed", reason
+            log.error("bus %s failed: %s", self.name, reason)
+            self.source.stop_event.wait()
+            return
+        self.failures = self._failures_before_open if time.monotonic() - self.opened_at < STABLE_S else 0
+        self._schedule(f"lost: {reason}")
+
+    def _close_bus(self) -> None:
+        bus, self.bus = self.bus, None
+        if bus is not None:
+            with contextlib.suppress(Exception):
+                bus.shutdown()
+
+
 class LiveSource:
-    """Iterates ``(bus, can.Message)`` from several live buses at once."""
+    """Iterates ``(bus, can.Message)`` from several live buses at once.
 
-    buses: dict[str, can.BusABC]
-    queue_size: int = 65536
-    idle_timeout: float | None = None
-    queue: queue.Queue = field(init=False)
-    dropped: dict[str, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
+    ``LiveSource(buses)`` reads buses that are already open (a bus that fails is reported in ``errors`` and
+    stays down); ``LiveSource.connect(specs)`` opens them itself and keeps reopening the ones that fail.
+    """
 
-    def __post_init__(self) -> None:
-        self.queue = queue.Queue(maxsize=self.queue_size)
-        self._stop = threading.Event()
-        self._notifiers = [
-            can.Notifier(bus, [_Enqueue(self, name)], timeout=0.1) for name, bus in self.buses.items()
-        ]
+    def __init__(self, buses: dict[str, can.BusABC] | None = None, queue_size: int = 65536,
+                 idle_timeout: float | None = None, *, backoff: Backoff | None = None,
+                 opener: Callable[[dict[str, Any]], can.BusABC] = open_bus,
+                 _links: dict[str, tuple[can.BusABC | None, dict[str, Any] | None, str | None]] | None = None) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.idle_timeout = idle_timeout
+        self.backoff = backoff or Backoff()
+        self.opener = opener
+        self.dropped: dict[str, int] = {}
+        self.errors: deque[str] = deque(maxlen=64)  # the latest bus failures, for the log and `record`
+        self.stop_event = threading.Event()
+        links = _links if _links is not None else {name: (bus, None, None) for name, bus in (buses or {}).items()}
+        self._links = {name: _BusLink(self, name, bus, kwargs, reason)
+                       for name, (bus, kwargs, reason) in links.items()}
+        for link in self._links.values():
+            link.thread.start()
+
+    @classmethod
+    def connect(cls, specs: dict[str, dict[str, Any]], **options: Any) -> LiveSource:
+        """Open every bus once now: one that can never work raises BusUrlError (after closing the others);
+        one that cannot be opened yet is left to its thread, which retries with backoff."""
+        opener = options.get("opener", open_bus)
+        links: dict[str, tuple[can.BusABC | None, dict[str, Any] | None, str | None]] = {}
+        try:
+            for name, kwargs in specs.items():
+                try:
+                    links[name] = (opener(kwargs), kwargs, None)
+                except BusUnavailable as exc:
+                    log.warning("bus %s: %s; the agent runs on and retries", name, exc)
+                    links[name] = (None, kwargs, str(exc))
+        except BaseException:
+            for bus, _kwargs, _reason in links.values():
+                if bus is not None:
+                    with contextlib.suppress(Exception):
+                        bus.shutdown()
+            raise
+        return cls(_links=links, **options)
+
+    @property
+    def buses(self) -> dict[str, can.BusABC | None]:
+        return {name: link.bus for name, link in self._links.items()}
+
+    def put(self, bus: str, msg: can.Message) -> None:
+        msg.channel = bus
+        try:
+            self.queue.put_nowait((bus, msg))
+        except queue.Full:
+            self.dropped[bus] = self.dropped.get(bus, 0) + 1
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Per bus: state (open, waiting, failed, stopped), opens, times lost; when waiting, why and the retry."""
+        return {name: link.status() for name, link in self._links.items()}
+
+    def not_open(self) -> dict[str, str]:
+        """Buses that are not open, each with one line saying why (``waiting: REASON, retry in N s``)."""
+        return {name: link.describe() for name, link in self._links.items() if link.state != "open"}
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stop_event.set()
 
     def __iter__(self) -> Iterator[tuple[str, can.Message]]:
         poll = 0.1
         idle = 0.0
-        while not self._stop.is_set():
+        while not self.stop_event.is_set():
             try:
                 item = self.queue.get(timeout=poll)
             except queue.Empty:
@@ -129,9 +352,10 @@ class LiveSource:
             idle = 0.0
             yield item
 
-    def close(self) -> None:
-        self._stop.set()
-        for notifier in self._notifiers:
-            notifier.stop()
-        for bus in self.buses.values():
-            bus.shutdown()
+    def close(self, timeout: float = 2.0) -> None:
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for link in self._links.values():
+            link.thread.join(max(0.0, deadline - time.monotonic()))
+            if link.thread.is_alive():  # stuck in python-can (e.g. a handshake that never answers)
+                log.warning("bus %s: reader did not stop within %.0f s", link.name, timeout)

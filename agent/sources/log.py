@@ -5,6 +5,13 @@ asammdf, and their .gz forms).  This module adds what an engineer needs on top:
 each frame gets a bus name, a damaged file keeps the frames read before the
 damage, and the error names the file and (for text formats) the line.
 
+Some readers stop silently where a file ends early (ASC skips a cut line and
+never misses "End TriggerBlock"; BLF reads a truncated object as far as it
+goes): this module notices, keeps the frames before the damage and reports
+"read N frames; the file ended early (...)" like any other damage.  A log that
+yields no frame at all is not an error of the reader, but it is said
+(``stats.warning``: "no CAN frames in N bytes (not an ASC log?)").
+
 Channel -> bus naming when no mapping is given: candump keeps its names
 (``can0``, ``pcan``); numbered channels are normalised to ``can<N>`` counting
 from 0 (ASC and BLF already count from 0, TRC counts from 1); CSV has no
@@ -23,6 +30,9 @@ import can
 from can.io.player import MESSAGE_READERS
 
 TEXT_SUFFIXES = {".log", ".asc", ".trc", ".csv"}
+BLF_HEADER_SIZE = 144  # a writer that never finished its file leaves this (or 0) as the file size
+FORMAT_NAMES = {".asc": "an ASC", ".blf": "a BLF", ".log": "a candump", ".trc": "a TRC", ".csv": "a python-can CSV",
+                ".mf4": "an MF4"}
 # The first channel number each reader reports.
 CHANNEL_BASE = {".asc": 0, ".blf": 0, ".trc": 1, ".mf4": 0, ".log": 0, ".csv": 0}
 
@@ -32,28 +42,88 @@ class LogError(ValueError):
 
 
 class _CountingFile:
-    """Text file proxy that counts the lines handed to the reader."""
+    """Text file proxy that counts the lines handed to the reader, notices a last line cut off (no
+    newline) and, for ASC, whether a "Begin Triggerblock" is still open (no "End TriggerBlock" yet)."""
 
-    def __init__(self, file: Any) -> None:
+    def __init__(self, file: Any, asc: bool = False) -> None:
         self._file = file
+        self._asc = asc
         self.line = 0
+        self.cut = False
+        self.open_block: bool | None = None  # None: no trigger block seen
 
     def __iter__(self) -> _CountingFile:
         return self
 
-    def __next__(self) -> str:
-        line = next(self._file)
+    def _saw(self, line: str) -> str:
         self.line += 1
+        self.cut = not line.endswith("\n")
+        if self._asc and line[:1] in ("B", "b", "E", "e"):
+            words = line.strip().lower()
+            if words.startswith("begin triggerblock"):
+                self.open_block = True
+            elif words == "end triggerblock":
+                self.open_block = False
         return line
+
+    def __next__(self) -> str:
+        return self._saw(next(self._file))
 
     def readline(self, *args: Any) -> str:
         line = self._file.readline(*args)
-        if line:
-            self.line += 1
-        return line
+        return self._saw(line) if line else line
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
+
+
+class _BinaryProbe:
+    """Binary file proxy for the BLF reader: where it is, and where a read came back short (the reader
+    takes a short object for a whole one).  Reads of at most 3 bytes are padding, and an empty read of
+    an object header is the normal end of the file."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.position = 0
+        self.object_at = 0  # where the last object header started
+        self.short_at: int | None = None  # where the object cut off by the end of the file started
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        if size == 16 and data[:4] == b"LOBJ":
+            self.object_at = self.position
+        if self.short_at is None and size > 3 and len(data) < size and not (size == 16 and not data):
+            self.short_at = self.object_at if size != 16 else self.position
+        self.position += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+def _frames(count: int) -> str:
+    return f"{count} frame" + ("" if count == 1 else "s")
+
+
+def _asc_detail(counting: _CountingFile | None) -> str | None:
+    if counting is None or not counting.open_block:
+        return None
+    cut = f"; line {counting.line} cut off" if counting.cut else ""
+    return f"no 'End TriggerBlock' after line {counting.line}{cut}"
+
+
+def _blf_detail(probe: _BinaryProbe | None, reader: Any) -> str | None:
+    """Where a BLF file ended early: a short read, or fewer bytes than its header says it has."""
+    if probe is None:
+        return None
+    if probe.short_at == 0:
+        return f"the BLF file header is cut off at byte {probe.position}"
+    if probe.short_at is not None:
+        return f"truncated BLF object at byte {probe.short_at}; the file ends at byte {probe.position}"
+    declared = getattr(reader, "file_size", 0) or 0
+    if declared > probe.position and declared > BLF_HEADER_SIZE:
+        return f"its header says {declared} bytes, the file ends at byte {probe.position}"
+    return None
 
 
 def log_suffix(path: Path) -> tuple[str, bool]:
@@ -83,6 +153,8 @@ def _bus_name(channel: Any, suffix: str, bus_map: dict[str, str]) -> str:
 class LogStats:
     frames: int = 0
     error: str | None = None
+    # Set when the log was read to its end without a frame: "FILE: no CAN frames in N bytes (...)".
+    warning: str | None = None
     buses: dict[str, int] = field(default_factory=dict)
 
 
@@ -109,30 +181,45 @@ class LogSource:
         if not self.path.is_file():
             raise LogError(f"{self.path}: no such file")
 
-    def _open(self) -> tuple[Any, _CountingFile | None]:
-        reader_type = MESSAGE_READERS[self.suffix]
+    def _open(self) -> Any:
+        """The file as the reader will see it (a counting or probing proxy when there is one), opened."""
         if self.suffix in TEXT_SUFFIXES:
             raw = gzip.open(self.path, "rt") if self.compressed else open(self.path, encoding="utf-8",
                                                                           errors="replace")
-            counting = _CountingFile(raw)
-            return reader_type(counting), counting
-        if self.compressed:
-            return reader_type(gzip.open(self.path, "rb")), None
-        return reader_type(str(self.path)), None
+            return _CountingFile(raw, asc=self.suffix == ".asc")
+        if self.suffix == ".blf":
+            return _BinaryProbe(gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb"))
+        return gzip.open(self.path, "rb") if self.compressed else str(self.path)
 
     def __iter__(self) -> Iterator[tuple[str, can.Message]]:
-        try:
-            reader, counting = self._open()
-        except ImportError as exc:
-            raise LogError(f"{self.path}: reading {self.suffix} needs an optional package: {exc}") from None
-        except Exception as exc:
-            self._fail(f"{self.path}: cannot open log: {type(exc).__name__}: {exc}")
+        size = self.path.stat().st_size
+        if size == 0:
+            self.stats.warning = f"{self.path}: no CAN frames: the file is empty (0 bytes)"
             return
+        file: Any = None
+        try:
+            file = self._open()
+            reader = MESSAGE_READERS[self.suffix](file)
+        except Exception as exc:
+            if file is not None and not isinstance(file, str):
+                file.close()
+            if isinstance(exc, ImportError):
+                raise LogError(f"{self.path}: reading {self.suffix} needs an optional package: {exc}") from None
+            detail = _blf_detail(file if isinstance(file, _BinaryProbe) else None, None)
+            self._fail(f"{self.path}: read 0 frames; the file ended early ({detail})" if detail else
+                       f"{self.path}: cannot open log: {type(exc).__name__}: {exc}")
+            return
+        counting = file if isinstance(file, _CountingFile) else None
+        probe = file if isinstance(file, _BinaryProbe) else None
         names: dict[Any, str] = {}
         buses = self.stats.buses
+        cut_off = None
         try:
             with reader:
                 for msg in reader:
+                    if counting is not None and counting.cut and self._from_a_cut_line(msg):
+                        cut_off = f"line {counting.line} cut off"
+                        break
                     channel = msg.channel
                     bus = names.get(channel)
                     if bus is None:
@@ -144,10 +231,36 @@ class LogSource:
         except GeneratorExit:
             raise
         except Exception as exc:
+            detail = _blf_detail(probe, None)
+            if detail:
+                self._fail(f"{self.path}: read {_frames(self.stats.frames)}; the file ended early ({detail})")
+                return
             where = f"{self.path}:{counting.line}" if counting is not None and counting.line else str(self.path)
             self._fail(
                 f"{where}: log damaged after {self.stats.frames} frames: {type(exc).__name__}: {exc}"
             )
+            return
+        detail = cut_off or _asc_detail(counting) or _blf_detail(probe, reader)
+        if detail:
+            self._fail(f"{self.path}: read {_frames(self.stats.frames)}; the file ended early ({detail})")
+        elif self.stats.frames == 0:
+            self.stats.warning = f"{self.path}: no CAN frames in {size} bytes ({self._what_it_was(counting)})"
+
+    def _from_a_cut_line(self, msg: can.Message) -> bool:
+        """A frame parsed from a last line without its newline: candump lines are always whole (a cut one
+        reads as a shorter frame); an ASC line says its length, so a cut one has fewer bytes than that."""
+        if self.suffix == ".log":
+            return True
+        if self.suffix == ".asc":
+            return not (msg.is_remote_frame or msg.is_error_frame) and len(msg.data) < msg.dlc
+        return False
+
+    def _what_it_was(self, counting: _CountingFile | None) -> str:
+        if self.suffix == ".asc" and counting is not None and counting.open_block is False:
+            return "an ASC log without CAN frames"
+        if self.suffix == ".blf":
+            return "a BLF log without CAN frames"
+        return f"not {FORMAT_NAMES.get(self.suffix, 'a ' + self.suffix)} log?"
 
     def _fail(self, message: str) -> None:
         self.stats.error = message

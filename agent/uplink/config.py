@@ -42,53 +42,62 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
+REGION = schema.ID  # a data-residency region: cn-north, eu-central
+REGION_OR_EMPTY = schema.Text(64, schema.SAFE_CHARS, what=schema.SAFE_WHAT)
+CLIENT_ID = REGION_OR_EMPTY  # MQTT client id; a topic-safe id, or "" for the default
+ENV_NAME = schema.Text(128, "A-Za-z0-9_", min_len=1, what="letters, digits and _")
+
+
 @dataclass(frozen=True)
 class BrokerAddress:
-    host: str
-    port: int = 8883
+    host: str = field(metadata=schema.text(schema.HOST))
+    port: int = field(default=8883, metadata=schema.num(1, 65535))
 
 
 @dataclass(frozen=True)
 class AllowedBroker:
-    host: str
-    port: int = 8883
+    host: str = field(metadata=schema.text(schema.HOST))
+    port: int = field(default=8883, metadata=schema.num(1, 65535))
     # Region this broker serves; empty means "the configured region".
-    region: str = ""
+    region: str = field(default="", metadata=schema.text(REGION_OR_EMPTY))
     # SHA-256 of the broker certificate (DER), hex with or without colons.
-    sha256: str | None = None
+    sha256: str | None = field(default=None, metadata=schema.text(schema.Text(128)))
 
 
 @dataclass(frozen=True)
 class TlsConfig:
-    ca: str
-    cert: str | None = None
-    key: str | None = None
+    ca: str = field(metadata=schema.text(schema.PATH))
+    cert: str | None = field(default=None, metadata=schema.text(schema.PATH))
+    key: str | None = field(default=None, metadata=schema.text(schema.PATH))
     # Name of the environment variable holding the key password.  The password
     # itself never appears in the configuration, in logs or in state().
-    key_password_env: str | None = None
+    key_password_env: str | None = field(default=None, metadata=schema.text(ENV_NAME))
 
 
 @dataclass(frozen=True)
 class UplinkConfig:
-    region: str
-    broker: BrokerAddress
+    region: str = field(metadata=schema.text(REGION))
+    broker: BrokerAddress = field()
     allowed_brokers: list[AllowedBroker] = field(default_factory=list)
     tls: TlsConfig | None = None
     allow_plaintext_loopback: bool = False
     enabled: bool = True
-    keepalive: int = 30
+    keepalive: int = field(default=30, metadata=schema.num(5, 65535))
     # Seconds for TCP connect + TLS handshake, and again for the CONNACK to arrive.
-    connect_timeout: float = 10.0
-    in_flight: int = 16
-    backoff_min: float = 0.5
-    backoff_max: float = 60.0
-    byte_rate_limit: int = 0
-    client_id: str = ""
-    topic_prefix: str = "vehicles"
+    connect_timeout: float = field(default=10.0, metadata=schema.num(0.01, 3600))
+    in_flight: int = field(default=16, metadata=schema.num(1, 1000))
+    backoff_min: float = field(default=0.5, metadata=schema.num(0.01, 3600))
+    backoff_max: float = field(default=60.0, metadata=schema.num(0.01, 86_400))
+    # Bytes per second, 0 = unlimited.
+    byte_rate_limit: int = field(default=0, metadata=schema.num(0, 10**12))
+    # "" = vehicle-{vehicle id}.
+    client_id: str = field(default="", metadata=schema.text(CLIENT_ID))
+    topic_prefix: str = field(default="vehicles", metadata=schema.text(schema.Text(128, "A-Za-z0-9_./-", min_len=1,
+                                                            what="letters, digits, -, _, . and /")))
     # How long a batch whose PUBACK carried a failure reason code waits before it is re-sent.
-    rejected_retry: float = 30.0
+    rejected_retry: float = field(default=30.0, metadata=schema.num(0.01, 86_400))
     # Not from YAML: where the broker was configured, for error messages.
-    broker_where: str = field(default="uplink.broker", compare=False)
+    broker_where: str = field(default="uplink.broker", compare=False, metadata=schema.INTERNAL)
 
 
 def normalize_fingerprint(text: str) -> str:
@@ -96,24 +105,11 @@ def normalize_fingerprint(text: str) -> str:
 
 
 def _validate(config: UplinkConfig, doc: Located, path: tuple) -> None:
-    if not config.region.strip():
-        raise doc.error((*path, "region"), "must name the data-residency region")
-    if config.keepalive < 5 or config.keepalive > 65535:
-        raise doc.error((*path, "keepalive"), "must be between 5 and 65535 seconds")
-    if config.connect_timeout <= 0:
-        raise doc.error((*path, "connect_timeout"), "must be positive")
-    if config.in_flight < 1 or config.in_flight > 1000:
-        raise doc.error((*path, "in_flight"), "must be between 1 and 1000")
-    if config.backoff_min <= 0 or config.backoff_max < config.backoff_min:
-        raise doc.error((*path, "backoff_min"), "need 0 < backoff_min <= backoff_max")
-    if config.byte_rate_limit < 0:
-        raise doc.error((*path, "byte_rate_limit"), "must be 0 (unlimited) or a positive number of bytes/s")
-    if config.rejected_retry <= 0:
-        raise doc.error((*path, "rejected_retry"), "must be positive")
+    # Numbers and string lengths are checked by their declarations (schema.num, schema.text).
+    if config.backoff_max < config.backoff_min:
+        raise doc.error((*path, "backoff_min"), "need backoff_min <= backoff_max")
     if not _TOPIC_LEVEL.match(config.topic_prefix):
         raise doc.error((*path, "topic_prefix"), "must be topic levels of letters, digits, _ . - joined by /")
-    if not 0 < config.broker.port < 65536:
-        raise doc.error((*path, "broker", "port"), "must be a TCP port")
     for index, allowed in enumerate(config.allowed_brokers):
         if allowed.sha256 is not None and not _SHA256_HEX.match(normalize_fingerprint(allowed.sha256)):
             raise doc.error((*path, "allowed_brokers", index, "sha256"),

@@ -2,8 +2,14 @@
 
 Subscribes to every vehicle's batches (optionally as one member of a shared
 subscription group, so several receivers split a fleet), verifies, drops
-duplicates, finds gaps, decodes into SQLite and prints a report when it stops:
-after ``--batches N`` unique batches, after ``--duration S`` seconds, or on Ctrl-C.
+duplicates (same identity, same payload), keeps conflicts aside (same identity,
+another payload: the first stays stored), finds gaps, decodes into SQLite and
+prints a report when it stops: after ``--batches N`` unique batches, after
+``--duration S`` seconds, or on Ctrl-C.
+
+``vehicle-sim cloud anchor --db FILE --vehicle ID [-o OUT] [--conflicts]`` writes
+the ledger anchor the receiver keeps for a vehicle as JSON, the file
+``vehicle-agent ledger verify --against OUT`` reads (exit 1 when it has none).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.netlocal import is_loopback
-from simulator.receiver import Receiver, ReceiverTls, format_report
+from simulator.receiver import Receiver, ReceiverStore, ReceiverTls, format_report
 
 
 class CloudUsageError(ValueError):
@@ -30,9 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "cloud", help="run the reference cloud receiver (MQTT -> SQLite + report)",
         description="Subscribe to vehicles/+/v1/data/+ on an MQTT v5 broker, verify and deduplicate batches, "
-                    "decode them into SQLite and report batches, samples, duplicates, gaps, bytes and latency.")
-    parser.add_argument("--broker", required=True, metavar="HOST:PORT",
-                        help="broker address (port defaults to 1883, or 8883 with --ca)")
+                    "decode them into SQLite and report batches, samples, duplicates, conflicts, corrupt batches, "
+                    "gaps, bytes and latency.")
+    parser.add_argument("--broker", metavar="HOST:PORT",
+                        help="broker address, required to receive (port defaults to 1883, or 8883 with --ca)")
     parser.add_argument("--db", default=":memory:", metavar="FILE", help="SQLite database (default: in memory)")
     parser.add_argument("--share", metavar="GROUP", default=None,
                         help="join shared subscription GROUP ($share/GROUP/...): receivers split the fleet")
@@ -49,6 +56,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--report", metavar="FILE", help="also write the report as JSON to FILE")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     parser.set_defaults(func=run)
+    actions = parser.add_subparsers(dest="cloud_action", metavar="ACTION")
+    anchor = actions.add_parser(
+        "anchor", help="write a vehicle's kept ledger anchor as JSON (for `vehicle-agent ledger verify --against`)",
+        description="Write the latest ledger head the receiver kept for a vehicle (from its online status "
+                    "messages; it never goes backwards) as JSON: vehicle, seq, line_sha256, signing_key, "
+                    "status_time, received.  Exit 1 when the database has none for that vehicle.")
+    anchor.add_argument("--db", required=True, metavar="FILE", help="the receiver's SQLite database")
+    anchor.add_argument("--vehicle", required=True, metavar="ID", help="vehicle id (as in its topics)")
+    anchor.add_argument("-o", "--output", metavar="FILE", help="write the JSON to FILE (default: standard output)")
+    anchor.add_argument("--conflicts", action="store_true",
+                        help="add the anchors that would have moved it back or changed its key")
+    anchor.set_defaults(func=run_anchor)
+
+
+def run_anchor(args: argparse.Namespace) -> int:
+    if not Path(args.db).is_file():
+        raise CloudUsageError(f"--db {args.db}: no such file")
+    store = ReceiverStore(args.db)
+    try:
+        anchor = store.ledger_anchor(args.vehicle)
+        conflicts = store.ledger_anchor_conflicts(args.vehicle) if args.conflicts else None
+    finally:
+        store.close()
+    if anchor is None:
+        print(f"vehicle-sim cloud anchor: no ledger anchor for vehicle {args.vehicle!r} in {args.db} (its online "
+              "status messages carried none, or it never came)", file=sys.stderr)
+        return 1
+    document = {**anchor, **({"conflicts": conflicts} if conflicts is not None else {})}
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def parse_broker(text: str, tls: bool) -> tuple[str, int]:
@@ -97,6 +138,8 @@ def _dictionaries(paths: list[str]) -> dict[str, bytes]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.broker is None:
+        raise CloudUsageError("--broker HOST:PORT is required (or use `vehicle-sim cloud anchor`)")
     tls = _tls(args)
     host, port = parse_broker(args.broker, tls is not None)
     if tls is None and not is_loopback(host):
@@ -145,3 +188,6 @@ def _output(report: dict[str, Any], args: argparse.Namespace) -> None:
     if args.report:
         Path(args.report).write_text(text + "\n", encoding="utf-8")
     print(text if args.json else format_report(report))
+    if report.get("conflicts"):
+        print(f"vehicle-sim cloud: {report['conflicts']} payloads came under the identity of a stored batch with "
+              f"other content; kept aside in the conflicts table of {args.db}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,13 @@ def run_incident(workdir: Path, seed: int = 7) -> IncidentResult:
                                   "--config", str(config_path)])
     if code != 0:
         raise RuntimeError(f"export failed: {export_output}")
-    code, verify_output = _agent(["export", "verify", str(export_dir)])
+    # The owner checks against the fingerprint the vehicle showed them (`vehicle-agent identity`), not the key
+    # inside the export: a forger would bring their own.
+    code, identity_output = _agent(["identity", "--config", str(config_path), "--json"])
+    if code != 0:
+        raise RuntimeError(f"identity failed: {identity_output}")
+    trusted = ["--fingerprint", json.loads(identity_output[identity_output.find("{"):])["signing_key"]]
+    code, verify_output = _agent(["export", "verify", str(export_dir), *trusted])
     verify_ok = code == 0
     # Show that verification means something: flip one byte of a copy and verify again.
     tampered = workdir / "export-tampered"
@@ -73,7 +80,7 @@ def run_incident(workdir: Path, seed: int = 7) -> IncidentResult:
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x01
     victim.write_bytes(bytes(data))
-    _code, tamper_output = _agent(["export", "verify", str(tampered)])
+    _code, tamper_output = _agent(["export", "verify", str(tampered), *trusted])
     return IncidentResult(truth, snapshots, export_dir, export_output, verify_ok, verify_output, tamper_output)
 
 

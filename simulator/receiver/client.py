@@ -1,5 +1,17 @@
 """The reference cloud receiver: subscribe, verify, deduplicate, decode into SQLite.
 
+A batch is named by (vehicle, store_epoch, boot_id, seq).  A repeat with the same
+payload SHA-256 is a duplicate (dropped, counted); with another payload it is a
+conflict: counted and kept aside, the batch stored first stays (``ReceiverStore``).
+
+A message that cannot be processed never stops the receiver and is never lost
+from the record: a rejected batch is ``corrupt`` with the reason, and so is any
+message whose handling raised anything else (the exception type is the reason;
+its traceback is logged the first time that type is seen).
+
+An ``online`` status message's ``health.anchor`` (the vehicle's ledger head) is
+kept per vehicle, never going backwards (``simulator.receiver.anchors``).
+
 Several receivers can split a fleet with an MQTT v5 shared subscription
 (``shared_group``): the broker hands each batch to one member of the group.
 
@@ -12,7 +24,6 @@ are delivered when it comes back.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import ssl
 import threading
@@ -28,6 +39,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.batch.format import BatchError
+from agent.ledger_chain import loads_limited
 from agent.uplink.properties import parse_user_properties
 from agent.uplink.topics import (
     DATA,
@@ -35,17 +48,20 @@ from agent.uplink.topics import (
     STATUS,
     TopicParts,
     data_filter,
+    data_topic,
     dictionary_filter,
     parse_topic,
     status_filter,
 )
+from simulator.receiver import anchors
 from simulator.receiver.decode import BatchRejected, decode_late, verify_batch
 from simulator.receiver.report import build_report
-from simulator.receiver.store import ReceiverStore
+from simulator.receiver.store import CONFLICT, STORED, ReceiverStore
 
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_SECONDS = 3600
+MAX_REASON_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,7 @@ class Receiver:
         self._unique = self.store.batch_count()
         self._received = 0
         self._started = False
+        self._said: set[tuple[str, ...]] = set()  # problems logged in full once (a status comes every minute)
         client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5)
         client.reconnect_delay_set(0.1, 2.0)
@@ -171,11 +188,32 @@ class Receiver:
         received = self._clock()
         try:
             self._handle(message, received)
-        except Exception:  # one bad message must not stop the receiver
-            log.exception("receiver: cannot process a message on %s", message.topic)
+        except Exception as exc:  # one bad message must not stop the receiver, nor go unrecorded
+            self._unexpected(message, received, exc)
         with self._cond:
             self._received += 1
             self._cond.notify_all()
+
+    def _unexpected(self, message: mqtt.MQTTMessage, received: float, exc: Exception) -> None:
+        """A message whose handling raised something other than BatchRejected: recorded as corrupt, with
+        the exception type as the reason; the traceback is logged once per exception type."""
+        topic = str(message.topic)
+        reason = f"the receiver could not process it: {type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+        first = ("exception", type(exc).__name__) not in self._said
+        self._said.add(("exception", type(exc).__name__))
+        log.error("receiver: cannot process a message on %s (recorded as corrupt): %s", topic, reason,
+                  exc_info=exc if first else None)
+        try:
+            parts = parse_topic(self.topic_prefix, topic)
+            payload = message.payload or b""
+            self.store.add_corrupt(parts.vehicle_id if parts else None, topic, received, len(payload), reason)
+        except Exception:
+            log.exception("receiver: cannot record the message on %s as corrupt either", topic)
+
+    def _once(self, key: tuple[str, ...], text: str, *args: Any) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.warning(text, *args)
 
     def _handle(self, message: mqtt.MQTTMessage, received: float) -> None:
         parts = parse_topic(self.topic_prefix, message.topic)
@@ -198,10 +236,15 @@ class Receiver:
             log.warning("receiver: rejected batch on %s: %s", message.topic, exc)
             self.store.add_corrupt(parts.vehicle_id, message.topic, received, len(payload), str(exc))
             return
-        waiting = (verified.needs_dictionary, payload) if verified.needs_dictionary else None
-        if self.store.add_batch(verified.row, verified.samples, waiting):
+        outcome = self.store.add_batch(verified.row, verified.samples, payload=payload, topic=message.topic,
+                                       needs_dictionary=verified.needs_dictionary)
+        if outcome == STORED:
             with self._cond:
                 self._unique += 1
+        elif outcome == CONFLICT:
+            log.warning("receiver: conflict on %s: batch %s already stored with another payload (this one, "
+                        "SHA-256 %s, is kept aside in conflicts)", message.topic, verified.row.key,
+                        verified.row.payload_sha256)
 
     def _handle_dictionary(self, parts: TopicParts, topic: str, payload: bytes, received: float) -> None:
         digest = hashlib.sha256(payload).hexdigest()
@@ -214,14 +257,39 @@ class Receiver:
             return
         self._dictionaries[dictionary_id] = payload
         self.store.add_dictionary(dictionary_id, payload)
-        for vehicle, boot_id, seq, waiting_payload in self.store.waiting_for(dictionary_id):
-            samples = decode_late(waiting_payload, self._dictionaries, self._categories_of)
-            self.store.add_late_samples(vehicle, boot_id, seq, samples)
+        for key, stream, waiting_payload in self.store.waiting_for(dictionary_id):
+            try:
+                samples = decode_late(waiting_payload, self._dictionaries, self._categories_of)
+            except BatchError as exc:  # verified, but its body does not decode (or is past the decode limits)
+                batch_topic = data_topic(self.topic_prefix, key[0], stream)
+                log.warning("receiver: rejected batch on %s once its dictionary came: %s", batch_topic, exc)
+                self.store.reject_late(key, batch_topic, received, str(exc))
+                with self._cond:
+                    self._unique = self.store.batch_count()
+                continue
+            self.store.add_late_samples(key, samples)
 
     def _handle_status(self, vehicle: str, payload: bytes, received: float) -> None:
+        body: Any = None
         try:
-            body = json.loads(payload.decode("utf-8"))
+            body = loads_limited(payload.decode("utf-8"))
             state = str(body["state"])
         except (UnicodeDecodeError, ValueError, KeyError, TypeError):
             state = "unreadable"
-        self.store.set_status(vehicle, state, payload.decode("utf-8", "replace"), received)
+        anchor = None
+        if state == "online":
+            try:
+                anchor = anchors.anchor_of_status(body)
+            except anchors.AnchorRejected as exc:
+                self.store.bump("ledger_anchors_invalid")
+                self._once(("anchor", vehicle), "receiver: vehicle %s: status anchor ignored (said once per "
+                           "vehicle; the report counts ledger_anchors_invalid): %s", vehicle, exc)
+        outcome = self.store.set_status(vehicle, state, payload.decode("utf-8", "replace"), received, anchor,
+                                        anchors.status_time(body))
+        if outcome in anchors.CONFLICT_REASONS:
+            assert anchor is not None
+            kept = self.store.ledger_anchor(vehicle) or {}
+            log.warning("receiver: vehicle %s published ledger head seq %d (%s..., key %s) but seq %s (%s...) "
+                        "is kept: %s; recorded in ledger_anchor_conflicts", vehicle, anchor.seq,
+                        anchor.line_sha256[:16], anchor.signing_key, kept.get("seq"),
+                        str(kept.get("line_sha256"))[:16], outcome)

@@ -132,7 +132,9 @@ def test_modes_are_owner_only_and_no_secret_reaches_any_log(tmp_path, mosquitto_
     incident_id = json.loads(incident.stdout.splitlines()[0])["id"]
     export = tmp_path / "export"
     cli(logbook, "export", "export", "--incident", incident_id, "--out", str(export), "--config", str(config))
-    cli(logbook, "verify", "export", "verify", str(export))
+    identity = cli(logbook, "identity", "identity", "--config", str(config), "--json")
+    fingerprint = json.loads(identity.stdout)["signing_key"]
+    cli(logbook, "verify", "export", "verify", str(export), "--fingerprint", fingerprint)
     # A wrong key password: refused with a clear reason, never echoed.
     (tmp_path / "wrong").mkdir()
     wrong_sim = Simulator(logbook, speed="20", name="wrong-sim")
