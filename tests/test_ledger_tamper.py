@@ -24,6 +24,7 @@ from agent.ledger_chain import (
     looks_personal,
     sha256_hex,
 )
+from agent.privacy.consent import ConsentChange, ConsentError
 from agent.privacy.policy import ConsentPolicy
 from agent.privacy.store import ConsentStore
 from tests.helpers.clock import FakeClock as Clock
@@ -317,14 +318,20 @@ def test_every_typed_helper_still_passes(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("purpose", [f"insurer, car {VIN}", f"home at {POSITION}"])
-def test_an_owner_purpose_that_looks_personal_is_withheld_not_lost(tmp_path, purpose):
+def test_an_owner_purpose_that_looks_personal_is_refused_or_withheld_never_written(tmp_path, purpose):
     state = tmp_path / "state"
     ledger = filled(state)
     policy = ConsentPolicy(ConsentStore.in_dir(state), clock=ledger.clock)
     policy.on_change(ledger.record_consent_change)
-    policy.grant("driving", "7d", purpose=purpose)
+    before = len(ledger.entries())
+    with pytest.raises(ConsentError, match="personal value"):  # refused at grant time, with the reason
+        policy.grant("driving", "7d", purpose=purpose)
+    assert len(ledger.entries()) == before and not policy.is_granted("driving")
+    # A change that carries one all the same (a state written before this rule): on record, the words withheld.
+    ledger.record_consent_change(ConsentChange(99, T0, "grant", "owner", "driving", {"purpose": purpose},
+                                               frozenset()))
     entry = ledger.entries()[-1]
-    assert entry.kind == "consent_change" and entry.fields["category"] == "driving"  # the change is on record
+    assert entry.kind == "consent_change" and entry.fields["category"] == "driving"
     assert entry.fields["detail"]["purpose"] is None
     assert entry.fields["detail"]["purpose_withheld"] in ("a VIN", "coordinates")
     text = ledger.path.read_text()

@@ -27,6 +27,7 @@ from simulator.broker import free_loopback_port
 from simulator.scenario import build_scenario, write_event
 from tests.broker import MosquittoBroker
 from tests.e2e_support import REPO
+from tests.helpers.filesystem import fill, small_filesystem
 from tests.leak.support import (
     LOCATION,
     Expectations,
@@ -175,36 +176,6 @@ def test_revoke_with_a_torn_ledger_tail_purges_the_backlog_and_repairs_the_ledge
 FILESYSTEM = "32m"
 WINDOW = 4  # uplink.in_flight: at most this many batches can be on their way when the ledger starts failing
 FULL_FOR_S = 8.0  # how long the broker is reachable while the disk stays full
-
-
-@contextlib.contextmanager
-def small_filesystem(path: Path, size: str):
-    """A tmpfs of ``size``: the one way found here to make writes fail for root (tests run as root, for whom
-    file modes do not stop writes)."""
-    path.mkdir(parents=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a {size} tmpfs here ({result.stderr.strip() or 'not permitted'}): no way to make "
-                    "the ledger's writes fail for root without one")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the filesystem says ENOSPC (tmpfs counts whole pages)."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for block in (1 << 20, 65536, 4096, 512, 1):
-            with contextlib.suppress(OSError):
-                while os.write(fd, b"\0" * block):
-                    pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def cannot_write(directory: Path) -> bool:

@@ -12,10 +12,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from agent.incident.store import IncidentStore
 from agent.incident.upload import INCIDENT_STREAM
 from agent.sources.log import LogSource
 from tests.e2e_support import grant
+from tests.helpers.filesystem import fill, small_filesystem
 from tests.reliability.rig import (
     BUNDLED_LOG,
     BUS_MAP,
@@ -134,34 +133,6 @@ def test_tiny_quota_evicts_in_the_documented_order_and_keeps_locked_incidents(tm
 
 
 # -- a filesystem that really fills ---------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def small_filesystem(path: Path, size: str):
-    path.mkdir(parents=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a {size} tmpfs here ({result.stderr.strip() or 'not permitted'}); "
-                    "the tiny-quota test still runs")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the filesystem says ENOSPC."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for block in (65536, 4096, 512, 1):
-            with contextlib.suppress(OSError):
-                while os.write(fd, b"\0" * block):
-                    pass
-    finally:
-        os.close(fd)
-    return filler
-
 
 def read_store(db: Path) -> tuple[int, dict[str, int], int]:
     """Payload bytes and batches per stream as the database holds them, and the sequence numbers handed out."""
