@@ -30,10 +30,12 @@ from agent.export.signing import load_or_create_key
 from agent.flow.build import BuildOptions, DataPath, build, build_data_path
 from agent.model import ALL_CATEGORIES
 from agent.privacy.commands import consent_commands
+from agent.privacy.config import consent_config
 from agent.privacy.remote import RemoteCommands
 from agent.service.resources import read_resources
 from agent.service.sdnotify import Notifier, ProgressWatchdog
 from agent.sources.live import LiveSource, bus_kwargs_from_config
+from agent.uplink.config import uplink_config
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 1.0
@@ -214,10 +216,6 @@ class AgentRuntime:
         No sample is lost: the old pipeline is flushed into the store before the
         new one takes the next frame (frames wait in the bounded queue meanwhile).
         """
-        # Imported here to keep this change inside _reload (module imports are shared with other work).
-        from agent.privacy.config import consent_config
-        from agent.uplink.config import uplink_config
-
         self.notifier.reloading("reloading configuration")
         try:
             config = load_config(self.config_path)

@@ -42,7 +42,7 @@ REFUSED = [
     ({"interface": "etas", "channel": "ETAS://ETH/ES910:abcd/CAN:1"}, "channel", "ETAS device on Ethernet"),
     ({"interface": "slcan", "channel": "/dev/ttyUSB0", "config_context": "remote"}, "config_context",
      "configuration files"),
-    ({"interface": "udp_multicast", "channel": "239.74.163.2"}, "interface", "not a local CAN interface"),
+    ({"interface": "remote_can", "channel": "192.0.2.9"}, "interface", "not a local CAN interface"),
     ({"interface": "ethernet_can", "channel": "x"}, "interface", "not a local CAN interface"),
 ]
 

@@ -213,7 +213,7 @@ def run_cli(repo_root: Path, module: str, *args: str) -> subprocess.CompletedPro
         ("socketcand://192.168.1.20:29536", "refusing to bind 192.168.1.20: only loopback"),
         ("socketcand://0.0.0.0:29536", "refusing to bind 0.0.0.0: only loopback"),
         ("socketcand://127.0.0.1", "expected socketcand://127.0.0.1:PORT"),
-        ("some_net://239.0.0.1", "unknown target scheme 'some_net'"),
+        ("some_net://127.0.0.1", "unknown target scheme 'some_net'"),
     ],
 )
 def test_bad_targets_give_one_line_errors(shared_data, repo_root, target, message):

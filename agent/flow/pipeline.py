@@ -37,7 +37,6 @@ FrameListener = Callable[[DecodedFrame], None]
 class BatchingOptions:
     max_age_s: float = 10.0
     max_bytes: int = 65536
-    bench: bool = False
 
 
 # A frame whose timestamp is this much ahead of its bus's newest one is a clock step (RTC set by GNSS,
