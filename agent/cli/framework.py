@@ -17,10 +17,25 @@ import importlib
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from agent.service.exitcodes import EXIT_INTERRUPTED, EXIT_SOFTWARE, exit_code_for
 from agent.service.journal import configure_logging, error_line
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str, examples: Sequence[str],
+                description: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand parser with what every ``--help`` shows: a one-line summary (also the line in the
+    parent's list), the longer description when there is one, and at least one example to copy."""
+    if not examples:
+        raise ValueError(f"subcommand {name!r} needs at least one example for its --help")
+    epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
+    text = summary[0].upper() + summary[1:] + "."
+    if description:  # the raw formatter keeps the examples' layout, so wrap the prose here
+        text += "\n\n" + "\n\n".join(textwrap.fill(part, 79) for part in description.split("\n\n"))
+    return subparsers.add_parser(name, help=summary, description=text, epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
 def build_parser(prog: str, description: str, subcommands: Sequence[str]) -> argparse.ArgumentParser:

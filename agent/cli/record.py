@@ -16,14 +16,18 @@ from pathlib import Path
 
 import can
 
-from agent.sources.live import LiveSource, bus_kwargs_from_url, open_bus
+from agent.cli.busargs import add_live_bus_arguments, live_bus_specs
+from agent.cli.framework import add_command
+from agent.sources.live import LiveSource, open_bus
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("record", help="record a live bus to a log file")
-    parser.add_argument("--bus", action="append", required=True, metavar="[NAME=]URL",
-                        help="bus URL (virtual://NAME, socketcand://HOST:PORT/CHANNEL, socketcan://CHANNEL); "
-                             "repeat for several buses; NAME defaults to the channel")
+    parser = add_command(subparsers, "record", "record a live bus to a log file", examples=(
+        "vehicle-agent record -i socketcan -c can0 -b 500000 -o drive.log --duration 60",
+        "vehicle-agent record --bus socketcand://127.0.0.1:29536/can0 -o bench.asc --count 1000",
+    ), description="The file format follows the suffix (.log candump, .asc, .blf, .trc, .csv). The frames "
+                   "received so far are always written, whatever ends the recording.")
+    add_live_bus_arguments(parser)
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="log file (.log = candump, .asc, .blf)")
     parser.add_argument("--count", type=int, default=0, metavar="N", help="stop after N frames")
     parser.add_argument("--idle-timeout", type=float, default=None, metavar="S",
@@ -32,22 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_bus_spec(spec: str) -> tuple[str, dict]:
-    """``[NAME=]URL`` -> (bus name, python-can kwargs)."""
-    name, equals, url = spec.partition("=")
-    if not equals or "://" in name:
-        name, url = "", spec
-    kwargs = bus_kwargs_from_url(url)
-    return name or str(kwargs["channel"]), kwargs
-
-
 def run(args: argparse.Namespace) -> int:
     if args.count < 0:
         raise ValueError(f"--count must be >= 0, got {args.count}")
-    specs = [parse_bus_spec(spec) for spec in args.bus]
-    names = [name for name, _ in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--bus: duplicate bus names {names}; name them with NAME=URL")
+    specs = live_bus_specs(args)
     output = Path(args.output)
     if not output.parent.is_dir():
         raise ValueError(f"{output}: directory {output.parent} does not exist")
