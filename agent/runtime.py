@@ -28,6 +28,7 @@ from agent.control import CommandRegistry, ControlServer, control_socket_path
 from agent.export.anchor import vehicle_anchor
 from agent.export.signing import load_or_create_key
 from agent.flow.build import BuildOptions, DataPath, build, build_data_path
+from agent.flow.handover import hand_over
 from agent.model import ALL_CATEGORIES
 from agent.privacy.commands import consent_commands
 from agent.privacy.config import consent_config
@@ -234,11 +235,7 @@ class AgentRuntime:
         self.pipeline.flush()
         self.sidecars.flush()
         self.sidecars.close()
-        # Counters are the agent's, not the pipeline's: they go on across a reload.
-        pipeline = path.pipeline
-        pipeline.counters = self.pipeline.counters
-        pipeline.decoder.counters = self.pipeline.decoder.counters
-        pipeline.decoder.message_counts = self.pipeline.decoder.message_counts
+        hand_over(self.path, path)  # counters and trigger states are the agent's: they go on across a reload
         self.config = config
         self._use(path)
         self.reloads["ok"] += 1

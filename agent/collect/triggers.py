@@ -82,6 +82,19 @@ class Condition:
         self._last_fire = None
         self._clock = None
 
+    def continue_from(self, previous: Condition) -> bool:
+        """Take over the state of the same condition from the data path a reload replaces, so that a reload
+        is not an edge: a condition already true does not fire again (nor a new incident start) because the
+        configuration was re-read.  Only the same expression in the same mode continues; True when it did."""
+        if previous.expression.text != self.expression.text or previous.rising_edge != self.rising_edge:
+            return False
+        self.history = previous.history
+        self._was_true = previous._was_true
+        self._last_fire = previous._last_fire
+        self._clock = previous._clock
+        self.fired = previous.fired
+        return True
+
     def feed(self, frame: DecodedFrame) -> bool:
         """Take the frame's values; True when the condition fires at ``frame.timestamp``."""
         inputs = self.inputs.get(frame.message)
