@@ -11,13 +11,16 @@ import json
 import sys
 
 from agent.buffer.store import BatchStore
+from agent.cli.framework import add_command
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("buffer", help="inspect the durable batch buffer")
+    parser = add_command(subparsers, "buffer", "inspect the durable batch buffer",
+                         examples=("vehicle-agent buffer status --db /var/lib/vehicle-agent/buffer.db",))
     actions = parser.add_subparsers(dest="buffer_command", metavar="ACTION")
     actions.required = True
-    status = actions.add_parser("status", help="backlog per stream and counters")
+    status = add_command(actions, "status", "backlog per stream and counters",
+                         examples=("vehicle-agent buffer status --db state/buffer.db --json",))
     status.add_argument("--db", required=True, help="buffer database (state/buffer.db)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=run)

@@ -7,20 +7,26 @@ import sys
 from pathlib import Path
 
 from agent.catalog import catalog_path_for, draft_catalog, load_catalog
+from agent.cli.framework import add_command
 from agent.dbc import load_dbc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("catalog", help="draft or check a signal catalog (DBC -> VSS, unit, category)")
+    parser = add_command(subparsers, "catalog", "draft or check a signal catalog (DBC -> VSS, unit, category)",
+                         examples=("vehicle-agent catalog init dbc/kona-ev/pcan.dbc -o -",
+                                   "vehicle-agent catalog check pcan.catalog.yaml --dbc dbc/kona-ev/pcan.dbc"))
     actions = parser.add_subparsers(dest="catalog_command", metavar="ACTION")
     actions.required = True
-    init = actions.add_parser("init", help="draft a catalog from a DBC (categories guessed, marked for review)")
+    init = add_command(actions, "init", "draft a catalog from a DBC (categories guessed, marked for review)",
+                       examples=("vehicle-agent catalog init vehicle.dbc",
+                                 "vehicle-agent catalog init vehicle.dbc -o -"))
     init.add_argument("dbc", metavar="DBC")
     init.add_argument("-o", "--output", default=None,
                       help="where to write (default: NAME.catalog.yaml next to the DBC; '-' for stdout)")
     init.add_argument("--force", action="store_true", help="overwrite an existing catalog")
     init.set_defaults(func=run_init)
-    check = actions.add_parser("check", help="validate a catalog against its DBC")
+    check = add_command(actions, "check", "validate a catalog against its DBC",
+                        examples=("vehicle-agent catalog check vehicle.catalog.yaml --dbc vehicle.dbc",))
     check.add_argument("catalog", metavar="CATALOG")
     check.add_argument("--dbc", required=True)
     check.set_defaults(func=run_check)

@@ -15,13 +15,13 @@ stopped, they edit the state directory directly, under a file lock.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from agent.cli.framework import add_command
 from agent.config import load_config
 from agent.control import ControlClient, agent_reachable, control_socket_path
 from agent.ledger import Ledger
@@ -33,6 +33,7 @@ from agent.privacy.policy import ConsentPolicy
 from agent.privacy.purge import consent_change_handler
 from agent.privacy.store import ConsentStore
 from agent.privacy.transforms import APPROXIMATE_SIZE, LOCATION_LEVELS
+from agent.timespec import iso_local
 
 
 def add_state_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,31 +55,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     add_state_arguments(common)
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    parser = subparsers.add_parser("consent", help="show or change what the car may share")
+    parser = add_command(subparsers, "consent", "show or change what the car may share", examples=(
+        "vehicle-agent consent show --config /etc/vehicle-agent/agent.yaml",
+        "vehicle-agent consent grant location --for 7d --level city --config agent.yaml",
+        "vehicle-agent consent revoke location --config agent.yaml",
+    ), description="Changes go to the running agent over its control socket (or to the state directory when "
+                   "it is not running), are kept with their history, and are recorded in the ledger.")
     actions = parser.add_subparsers(dest="consent_action", metavar="ACTION")
     actions.required = True
-    actions.add_parser("show", parents=[common], help="table of categories, state, level, expiry")
-    grant = actions.add_parser("grant", parents=[common], help="allow a category to be uploaded")
+    add_command(actions, "show", "table of categories, state, level, expiry", parents=[common],
+                examples=("vehicle-agent consent show --config agent.yaml --json",))
+    grant = add_command(actions, "grant", "allow a category to be uploaded", parents=[common], examples=(
+        "vehicle-agent consent grant driving --for drive --config agent.yaml",
+        "vehicle-agent consent grant location --for 90d --level district --purpose navigation --config agent.yaml"))
     grant.add_argument("category", choices=ALL_CATEGORIES, metavar="CATEGORY")
     grant.add_argument("--for", dest="expiry", required=True, choices=EXPIRY_CHOICES,
                        help="how long: drive (until the next ignition), 7d, 90d, 1y")
     grant.add_argument("--level", choices=LOCATION_LEVELS, help="location precision (default city)")
     grant.add_argument("--purpose", help="what the data is for (kept with the grant)")
-    revoke = actions.add_parser("revoke", parents=[common], help="stop uploading a category and purge its backlog")
+    revoke = add_command(actions, "revoke", "stop uploading a category and purge its backlog", parents=[common],
+                         examples=("vehicle-agent consent revoke location --config agent.yaml",))
     revoke.add_argument("category", choices=ALL_CATEGORIES, metavar="CATEGORY")
-    zones = actions.add_parser("zones", help="privacy zones: no location is sent inside them")
+    zones = add_command(actions, "zones", "privacy zones: no location is sent inside them",
+                        examples=("vehicle-agent consent zones list --config agent.yaml",))
     zone_actions = zones.add_subparsers(dest="zone_action", metavar="ZONE_ACTION")
     zone_actions.required = True
-    add = zone_actions.add_parser("add", parents=[common], help="add a zone (centre + radius)")
+    add = add_command(zone_actions, "add", "add a zone (centre + radius)", parents=[common], examples=(
+        "vehicle-agent consent zones add --lat 31.2304 --lon 121.4737 --radius 300 --name home --config agent.yaml",))
     add.add_argument("--lat", type=float, required=True, help="centre latitude, degrees")
     add.add_argument("--lon", type=float, required=True, help="centre longitude, degrees")
     add.add_argument("--radius", type=float, required=True, help="radius in metres")
     add.add_argument("--name", default="", help="a label such as home or work")
-    zone_actions.add_parser("list", parents=[common], help="list zones")
-    remove = zone_actions.add_parser("remove", parents=[common], help="remove a zone")
+    add_command(zone_actions, "list", "list zones", parents=[common],
+                examples=("vehicle-agent consent zones list --config agent.yaml",))
+    remove = add_command(zone_actions, "remove", "remove a zone", parents=[common],
+                         examples=("vehicle-agent consent zones remove z1 --config agent.yaml",))
     remove.add_argument("zone", metavar="ZONE", help="zone id from `zones list`, e.g. z1")
-    per_drive = actions.add_parser("per-drive", parents=[common],
-                                   help="on: location switches off at every ignition")
+    per_drive = add_command(actions, "per-drive", "on: location switches off at every ignition", parents=[common],
+                            examples=("vehicle-agent consent per-drive on --config agent.yaml",))
     per_drive.add_argument("switch", choices=("on", "off"))
     parser.set_defaults(func=run)
 
@@ -152,7 +166,7 @@ def _signing_key(state_dir: Path) -> str:
 def when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
-    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+    return iso_local(timestamp)
 
 
 def render_table(result: dict[str, Any]) -> str:

@@ -6,10 +6,14 @@ import argparse
 import logging
 from pathlib import Path
 
+from agent.cli.framework import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="replay a real log through the agent into a local broker and show what arrived",
+    parser = add_command(
+        subparsers, "demo", "replay a real log through the agent into a local broker and show what arrived",
+        examples=("vehicle-agent demo", "vehicle-agent demo --speed max --report-json demo.json",
+                  "vehicle-agent demo --log drive.asc --dbc vehicle.dbc --grant-all"),
         description="Starts Mosquitto on a free loopback port, serves the log over socketcand (simulator "
                     "process), runs the agent on it and checks every batch at the reference receiver.")
     parser.add_argument("--log", type=Path, help="any CAN log (default: the bundled real truck log)")

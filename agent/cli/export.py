@@ -5,10 +5,11 @@
     vehicle-agent export verify DIR [--fingerprint SHA256:... | --key vehicle.pem | --trust-file FILE]
     vehicle-agent export trust SHA256:... [--name LABEL] [--trust-file FILE]
 
-Times are epoch seconds or ISO 8601 (``2024-05-01T08:00:00+08:00``; without an
-offset, the machine's local time).  A range export takes its raw frames from
-the logs given with ``--log`` or, without them, from the incident snapshots
-that overlap the range (the only raw frames the car keeps).  Every export is
+Times are what every command takes (``agent.timespec``): ``7d`` (ago),
+``yesterday``, ISO 8601 (``2024-05-01T08:00:00+08:00``; without an offset,
+local time) or epoch seconds.  A range export takes its raw frames from the
+logs given with ``--log`` or, without them, from the incident snapshots that
+overlap the range (the only raw frames the car keeps).  Every export is
 signed with the vehicle's Ed25519 key and recorded in the ledger.
 
 ``export verify`` exits 0 when the export is intact and signed by a key you
@@ -24,10 +25,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from datetime import datetime
+from collections.abc import Iterator
 from pathlib import Path
 
 from agent.cli.common import bus_map_from_config, decoder_from_config
+from agent.cli.framework import add_command
+from agent.cli.progress import Progress, progress
 from agent.config import AgentConfig, load_config
 from agent.export.signing import (
     display_fingerprint,
@@ -38,50 +41,52 @@ from agent.export.signing import (
 )
 from agent.export.trust import add_trusted, default_trust_file, read_trust_file
 from agent.export.verify import EXIT_OK, verify_export
-from agent.export.writer import MANIFEST, ExportResult, export_incident, export_range
+from agent.export.writer import (
+    MANIFEST,
+    ExportResult,
+    NothingToExport,
+    export_incident,
+    export_range,
+    outside_span,
+)
 from agent.incident.config import incident_config
 from agent.incident.store import IncidentStore
 from agent.ledger import Ledger
 from agent.privacy.store import ConsentStore
 from agent.sources.log import LogSource
+from agent.timespec import iso_local, moment_type
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="write a signed export of an incident or a time range",
-                                   description=__doc__.split("\n\n")[1] if __doc__ else None,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_command(subparsers, "export", "write a signed export of an incident or a time range", examples=(
+        "vehicle-agent export --incident 20240601T080000-hard-brake --out ~/incident --config agent.yaml",
+        "vehicle-agent export --from 7d --to now --out ~/last-week --config agent.yaml --log drive.log",
+        "vehicle-agent export verify ~/incident --fingerprint SHA256:3f1c...",
+    ), description="\n\n".join(__doc__.split("\n\n")[2:4]).replace("``", "'"))
     parser.add_argument("--config", metavar="FILE", help="agent configuration (state dir, DBCs, vehicle id)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--incident", metavar="ID", help="an incident snapshot (see `vehicle-agent incidents`)")
-    what.add_argument("--from", dest="start", metavar="T1", help="start of the range (epoch s or ISO 8601)")
-    parser.add_argument("--to", dest="end", metavar="T2", help="end of the range")
+    what.add_argument("--from", dest="start", metavar="T1", type=moment_type("--from"),
+                      help="start of the range: 7d (ago), yesterday, 2024-06-01T08:00, epoch seconds ...")
+    parser.add_argument("--to", dest="end", metavar="T2", type=moment_type("--to"), help="end of the range (now ...)")
     parser.add_argument("--out", metavar="DIR", help="new (or empty) directory to write")
     parser.add_argument("--log", nargs="+", action="extend", default=[], metavar="FILE",
                         help="range export: recorded logs holding the frames (default: incident snapshots)")
     actions = parser.add_subparsers(dest="export_action", metavar="ACTION")
-    verify = actions.add_parser("verify", help="check an export's signature, every file, and whose key signed it")
+    verify = add_command(actions, "verify", "check an export's signature, every file, and whose key signed it",
+                         examples=("vehicle-agent export verify ~/incident --key vehicle-public-key.pem",
+                                   "vehicle-agent export verify ~/incident   # keys from the trust file"))
     verify.add_argument("directory", metavar="DIR")
     verify.add_argument("--key", metavar="PEM", help="the vehicle's public key (PEM) to trust")
     verify.add_argument("--fingerprint", action="append", default=[], metavar="SHA256:HEX",
                         help="a trusted signing-key fingerprint, as `vehicle-agent identity` prints it (repeatable)")
     verify.add_argument("--trust-file", metavar="FILE", help=f"trusted fingerprints (default {default_trust_file()})")
-    trust = actions.add_parser("trust", help="add a vehicle's signing-key fingerprint to your trust file")
+    trust = add_command(actions, "trust", "add a vehicle's signing-key fingerprint to your trust file",
+                        examples=("vehicle-agent export trust SHA256:3f1c... --name 'my car'",))
     trust.add_argument("fingerprint", metavar="SHA256:HEX")
     trust.add_argument("--name", default="", help="a label, e.g. the vehicle's plate")
     trust.add_argument("--trust-file", metavar="FILE", help=f"default {default_trust_file()}")
     parser.set_defaults(func=run)
-
-
-def parse_time(text: str, option: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{option}: expected epoch seconds or ISO 8601 time, got {text!r}") from None
-    return moment.timestamp()  # naive: local time
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,15 +107,20 @@ def run(args: argparse.Namespace) -> int:
         if args.end:
             raise ValueError("--to goes with --from, not with --incident")
         result = _export_incident(config, args)
-    elif args.start and args.end:
-        result = _export_range(config, args)
+    elif args.start is not None and args.end is not None:
+        try:
+            result = _export_range(config, args)
+        except NothingToExport as empty:  # not a configuration error: the range is simply empty
+            print(f"vehicle-agent export: {empty}", file=sys.stderr)
+            return 1
     else:
         raise ValueError("say what to export: --incident ID, or --from T1 --to T2")
     manifest_sha256 = hashlib.sha256((result.out_dir / MANIFEST).read_bytes()).hexdigest()
     Ledger.in_dir(config.resolve(config.state.dir)).record_export(
         export=args.incident or "range", files=len(result.files), samples=result.samples, frames=result.frames,
         manifest_sha256=manifest_sha256, key_fingerprint=result.fingerprint)
-    print(f"exported {result.samples} samples and {result.frames} raw frames to {result.out_dir} "
+    span = f" from {iso_local(args.start)} to {iso_local(args.end)}" if args.start is not None else ""
+    print(f"exported {result.samples} samples and {result.frames} raw frames{span} to {result.out_dir} "
           f"({len(result.files)} files, signed by key {result.fingerprint[:16]}...)")
     return 0
 
@@ -144,7 +154,7 @@ def _export_incident(config: AgentConfig, args: argparse.Namespace) -> ExportRes
 
 
 def _export_range(config: AgentConfig, args: argparse.Namespace) -> ExportResult:
-    start, end = parse_time(args.start, "--from"), parse_time(args.end, "--to")
+    start, end = args.start, args.end
     state_dir = config.resolve(config.state.dir)
     if args.log:
         bus_map = bus_map_from_config(config)
@@ -153,9 +163,14 @@ def _export_range(config: AgentConfig, args: argparse.Namespace) -> ExportResult
         store = _store(config)
         seen = set()
         frames = []
-        for info in store.list():
-            if info.end < start or info.start > end:
-                continue
+        infos = store.list()
+        overlapping = [info for info in infos if not (info.end < start or info.start > end)]
+        if infos and not overlapping:
+            first, last = min(info.start for info in infos), max(info.end for info in infos)
+            reason = outside_span(start, end, first, last, f"{len(infos)} incident snapshots")
+            raise NothingToExport(f"{reason} (the car keeps raw frames only around incidents; give recorded logs "
+                                  "with --log FILE)")
+        for info in overlapping:
             for bus, msg in store.load(info.id).raw_frames():
                 key = (bus, msg.timestamp, msg.arbitration_id, bytes(msg.data))
                 if key not in seen:  # overlapping snapshots share frames
@@ -163,9 +178,16 @@ def _export_range(config: AgentConfig, args: argparse.Namespace) -> ExportResult
                     frames.append((bus, msg))
     ledger = Ledger.in_dir(state_dir)
     entries = [entry.to_json() for entry in ledger.entries(since=start) if entry.time <= end]
-    return export_range(frames, decoder_from_config(config), start, end, args.out, load_or_create_key(state_dir),
-                        _dbc_paths(config), _history(state_dir), entries, config.vehicle.id,
-                        ledger_head=ledger.head())
+    with progress(f"export {iso_local(start)} .. {iso_local(end)}", total=len(frames)) as bar:
+        return export_range(_counted(frames, bar), decoder_from_config(config), start, end, args.out,
+                            load_or_create_key(state_dir), _dbc_paths(config), _history(state_dir), entries,
+                            config.vehicle.id, ledger_head=ledger.head())
+
+
+def _counted(frames: list, bar: Progress) -> Iterator:
+    for item in frames:
+        bar.advance()
+        yield item
 
 
 def _trusted(args: argparse.Namespace) -> dict[str, str]:

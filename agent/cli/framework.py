@@ -25,15 +25,17 @@ from agent.service.journal import configure_logging, error_line
 
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str, examples: Sequence[str],
-                description: str | None = None, **kwargs) -> argparse.ArgumentParser:
+                description: str | None = None, notes: str = "", **kwargs) -> argparse.ArgumentParser:
     """A subcommand parser with what every ``--help`` shows: a one-line summary (also the line in the
-    parent's list), the longer description when there is one, and at least one example to copy."""
+    parent's list), the longer description when there is one, and at least one example to copy; ``notes``
+    (e.g. the exit statuses) follow the examples."""
     if not examples:
         raise ValueError(f"subcommand {name!r} needs at least one example for its --help")
-    epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
+    epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples) + (f"\n\n{notes}" if notes else "")
     text = summary[0].upper() + summary[1:] + "."
     if description:  # the raw formatter keeps the examples' layout, so wrap the prose here
-        text += "\n\n" + "\n\n".join(textwrap.fill(part, 79) for part in description.split("\n\n"))
+        text += "\n\n" + "\n\n".join(part if part.startswith(" ") else textwrap.fill(part, 79)
+                                     for part in description.split("\n\n"))
     return subparsers.add_parser(name, help=summary, description=text, epilog=epilog,
                                  formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.consent import add_state_arguments
+from agent.cli.framework import add_command
 from agent.config import AgentConfig, load_config
 from agent.export.anchor import signing_key_fingerprint
 from agent.export.signing import KEY_FILE
@@ -26,7 +27,11 @@ from agent.privacy.pseudonym import KEY_FILE as PSEUDONYM_KEY_FILE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("identity", help="the vehicle's id and signing-key fingerprint (for the owner)")
+    parser = add_command(subparsers, "identity", "the vehicle's id and signing-key fingerprint (for the owner)",
+                         examples=("vehicle-agent identity --config /etc/vehicle-agent/agent.yaml",
+                                   "vehicle-agent identity --state /var/lib/vehicle-agent --json"),
+                         description="Give the fingerprint to whoever checks your exports: "
+                                     "`vehicle-agent export trust SHA256:...` on their machine.")
     add_state_arguments(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run)

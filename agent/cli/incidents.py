@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
+from agent.cli.framework import add_command
 from agent.config import load_config
 from agent.incident.config import IncidentConfig, incident_config
 from agent.incident.store import IncidentInfo, IncidentStore
+from agent.timespec import iso_local
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("incidents", help="list stored incident snapshots")
+    parser = add_command(subparsers, "incidents", "list stored incident snapshots", examples=(
+        "vehicle-agent incidents --config /etc/vehicle-agent/agent.yaml",
+        "vehicle-agent incidents --state /var/lib/vehicle-agent --json",
+    ), description="Each snapshot keeps the raw frames and decoded samples around a trigger; export one with "
+                   "`vehicle-agent export --incident ID`.")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--config", metavar="FILE", help="agent configuration (its state dir and incidents.dir)")
     where.add_argument("--state", metavar="DIR", help="the agent's state directory (incidents in DIR/incidents)")
@@ -28,8 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _utc(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 def _as_json(info: IncidentInfo) -> dict:
@@ -63,12 +66,13 @@ def run(args: argparse.Namespace) -> int:
     if not infos:
         print(f"no incident snapshots in {store.dir}")
         return 0
-    print(f"{'ID':<40} {'TRIGGER TIME (UTC)':<24} {'TRIGGERS':<28} {'FRAMES':>7} {'SAMPLES':>8} "
+    print(f"{'ID':<40} {'TRIGGER TIME (LOCAL)':<29} {'TRIGGERS':<28} {'FRAMES':>7} {'SAMPLES':>8} "
           f"{'KB':>7}  STATE")
     for info in infos:
         names = ",".join(dict.fromkeys(hit.name for hit in info.triggers))
         state = "complete" if info.complete else "INCOMPLETE: " + "; ".join(info.problems)
         state += ", uploaded" if info.uploaded_at else ", not uploaded"
-        print(f"{info.id:<40} {_utc(info.trigger.timestamp):<24} {names[:28]:<28} {info.raw_frames:>7} "
+        stamp = iso_local(info.trigger.timestamp, "milliseconds")
+        print(f"{info.id:<40} {stamp:<29} {names[:28]:<28} {info.raw_frames:>7} "
               f"{info.samples:>8} {info.size_bytes // 1024:>7}  {state}")
     return 0

@@ -21,13 +21,17 @@ import msgpack
 
 from agent.batch.format import BatchError, decode_batch, dictionary_id, iter_samples
 from agent.buffer.store import BatchStore
+from agent.cli.framework import add_command
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 CSV_COLUMNS = ("stream", "boot_id", "seq", "timestamp", "bus", "key", "value", "raw")
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("inspect", help="decode batches (buffer database or batch file) to samples")
+    parser = add_command(subparsers, "inspect", "decode batches (buffer database or batch file) to samples", examples=(
+        "vehicle-agent inspect state/buffer.db --format csv -o samples.csv",
+        "vehicle-agent inspect batches.msgpack --headers-only",
+    ))
     parser.add_argument("path", metavar="DB_OR_BATCH_FILE", help="buffer database or file of batch payloads")
     parser.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
     parser.add_argument("--dict", action="append", default=[], metavar="FILE",

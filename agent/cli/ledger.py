@@ -13,41 +13,33 @@ message of the vehicle (its ``health.anchor.ledger_head``).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import re
-import time
 from typing import Any
 
 from agent.cli.consent import add_state_arguments, state_from_args, when
+from agent.cli.framework import add_command
 from agent.export.anchor import signing_key_fingerprint
 from agent.ledger import Ledger, LedgerEntry
 from agent.ledger_chain import anchor_from_document, compare_anchor, loads_limited
+from agent.timespec import iso_local, moment_type
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_ANCHOR_BYTES = 1 << 20
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("ledger", help="what left the car (hash-chained record); `ledger verify`")
+    parser = add_command(subparsers, "ledger", "what left the car (hash-chained record); `ledger verify`", examples=(
+        "vehicle-agent ledger --since 7d --config agent.yaml",
+        "vehicle-agent ledger --since yesterday --json --config agent.yaml",
+        "vehicle-agent ledger verify --against anchor.json --config agent.yaml",
+    ), description="\n\n".join(__doc__.split("\n\n")[2:]).replace("``", "'"))
     parser.add_argument("action", nargs="?", choices=("show", "verify"), default="show")
     add_state_arguments(parser)
-    parser.add_argument("--since", metavar="WHEN", help="only entries since WHEN: 7d, 12h, 30m, or a date/time")
+    parser.add_argument("--since", metavar="WHEN", type=moment_type("--since"),
+                        help="only entries since WHEN: 7d, 12h, 30m (ago), yesterday, 2024-06-01[T08:00], epoch s")
     parser.add_argument("--json", action="store_true", help="one JSON entry per line")
     parser.add_argument("--against", metavar="FILE",
                         help="verify: also compare with this anchor (ledger head kept outside the car)")
     parser.set_defaults(func=run)
-
-
-def parse_since(text: str, now: float) -> float:
-    match = _RELATIVE.match(text.strip())
-    if match:
-        return now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    try:
-        return datetime.datetime.fromisoformat(text.strip()).timestamp()
-    except ValueError:
-        raise ValueError(f"--since: expected 7d, 12h, 30m or a date like 2024-06-01[T08:00], got {text!r}") from None
 
 
 def _categories(fields: dict[str, Any]) -> str:
@@ -138,13 +130,13 @@ def run(args: argparse.Namespace) -> int:
         return 0 if result.ok and (against is None or against["ok"]) else 1
     if args.against:
         raise ValueError("--against goes with `ledger verify`")
-    since = parse_since(args.since, time.time()) if args.since else None
+    since = args.since
     entries = ledger.entries(since)
     for entry in entries:
         if args.json:
             print(json.dumps(entry.to_json(), sort_keys=True))
         else:
-            stamp = datetime.datetime.fromtimestamp(entry.time).strftime("%Y-%m-%d %H:%M:%S")
+            stamp = iso_local(entry.time)
             print(f"#{entry.seq:<5} {stamp}  {describe(entry)}")
     if not entries and not args.json:
         print("the ledger is empty" + (" for that period" if since is not None else ""))

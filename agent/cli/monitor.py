@@ -30,6 +30,7 @@ from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_fr
 from agent.cli.framework import add_command
 from agent.decode import Decoder
 from agent.sources.live import LiveSource
+from agent.timespec import duration_type
 
 RATE_WINDOW = 50  # frames per row the rate is measured over
 REFRESH_PER_S = 4
@@ -49,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--log", metavar="FILE", help="replay this log instead of reading a live bus")
     parser.add_argument("--speed", type=float, default=1.0, metavar="X",
                         help="replay speed: 1 = the log's own rate (default), 0 = as fast as possible")
-    parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    parser.add_argument("--duration", type=duration_type("--duration"), default=None, metavar="TIME",
+                        help="stop after this long (90s, 10m)")
     parser.add_argument("--once", action="store_true", help="no live view: print the table once at the end")
     add_dbc_arguments(parser, required=False)
     add_live_bus_arguments(parser)

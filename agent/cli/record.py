@@ -19,6 +19,7 @@ import can
 from agent.cli.busargs import add_live_bus_arguments, live_bus_specs
 from agent.cli.framework import add_command
 from agent.sources.live import LiveSource, open_bus
+from agent.timespec import duration_type
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,9 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_live_bus_arguments(parser)
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="log file (.log = candump, .asc, .blf)")
     parser.add_argument("--count", type=int, default=0, metavar="N", help="stop after N frames")
-    parser.add_argument("--idle-timeout", type=float, default=None, metavar="S",
-                        help="stop after S seconds without a frame")
-    parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    parser.add_argument("--idle-timeout", type=duration_type("--idle-timeout"), default=None, metavar="TIME",
+                        help="stop after this long without a frame (5s, 1m)")
+    parser.add_argument("--duration", type=duration_type("--duration"), default=None, metavar="TIME",
+                        help="stop after this long (90s, 10m, 2h)")
     parser.set_defaults(func=run)
 
 

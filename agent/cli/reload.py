@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 
 from agent.cli.consent import add_state_arguments
+from agent.cli.framework import add_command
 from agent.cli.status import call_agent
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("reload", help="re-read config and rules in the running agent")
+    parser = add_command(subparsers, "reload", "re-read config and rules in the running agent", examples=(
+        "vehicle-agent reload --config /etc/vehicle-agent/agent.yaml",
+        "systemctl reload vehicle-agent   # the same, through systemd (SIGHUP)",
+    ), description="An invalid new configuration is rejected and logged; the running one is kept.")
     add_state_arguments(parser)
     parser.set_defaults(func=run)
 

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 
+from agent.cli.framework import add_command
 from agent.runtime import AgentRuntime
 from agent.service.exitcodes import EPILOG
 
@@ -14,11 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("run", help="run the agent on live buses (the systemd service)",
-                                   description="SIGTERM/SIGINT stop cleanly (open batches are flushed to the "
-                                               "buffer); SIGHUP reloads the config; SIGUSR1 logs the status as "
-                                               "one line of JSON.",
-                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_command(subparsers, "run", "run the agent on live buses (the systemd service)", examples=(
+        "vehicle-agent run --config /etc/vehicle-agent/agent.yaml",
+        "systemctl start vehicle-agent   # the same, as the packaged unit runs it",
+    ), description="SIGTERM/SIGINT stop cleanly (open batches are flushed to the buffer); SIGHUP reloads the "
+                   "config; SIGUSR1 logs the status as one line of JSON.", notes=EPILOG)
     parser.add_argument("--config", required=True, help="agent configuration (YAML)")
     parser.add_argument("--consent", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--grant-all", action="store_true", help=argparse.SUPPRESS)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from agent.cli.consent import add_state_arguments, state_from_args
+from agent.cli.framework import add_command
 from agent.control import ControlClient, control_socket_path
+from agent.service.resources import format_duration
+from agent.timespec import iso_local
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("status", help="show the running agent's counters")
+    parser = add_command(subparsers, "status", "show the running agent's counters", examples=(
+        "vehicle-agent status --config /etc/vehicle-agent/agent.yaml",
+        "vehicle-agent status --state /var/lib/vehicle-agent --json",
+    ), description="Times are local ISO 8601; --json keeps epoch seconds for machines.")
     add_state_arguments(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run)
@@ -26,7 +33,8 @@ def call_agent(args: argparse.Namespace, command: str) -> object:
 
 
 def _human(status: dict) -> str:
-    lines = [f"vehicle {status['vehicle']}, up {status['uptime_s']} s, "
+    lines = [f"vehicle {status['vehicle']}, up {format_duration(status['uptime_s'])}"
+             f" (since {iso_local(time.time() - status['uptime_s'])}), "
              f"RSS {status['resources'].get('rss_bytes', 0) / 1e6:.1f} MB, "
              f"CPU {status['resources'].get('cpu_seconds', '?')} s"]
     pipeline = status["pipeline"]
@@ -46,7 +54,7 @@ def _human(status: dict) -> str:
     lines.append("  buffer: " + ", ".join(f"{k} {v}" for k, v in status["buffer"]["counters"].items()))
     up = status["uplink"]
     lines.append(f"uplink {up.get('state')}: acked {up.get('acked', 0)}, in flight {up.get('in_flight', 0)}, "
-                 f"last PUBACK {up.get('last_puback_time')}")
+                 f"last PUBACK {iso_local(up.get('last_puback_time'))}")
     granted = ", ".join(status["consent"]["granted"]) or "nothing"
     lines.append(f"consent v{status['consent']['version']}: granted {granted}")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The owner's export: everything the car holds about an incident or a time range, signed.
 
-    <out>/samples/<category>.csv       decoded physical samples (timestamp,bus,signal,vss,value,unit,label)
+    <out>/samples/<category>.csv       decoded physical samples
+                                       (timestamp,time_local,bus,signal,vss,value,unit,label)
     <out>/samples/<category>.jsonl     the same, one JSON object per sample
     <out>/track.gpx                    the position samples as a GPX 1.1 track
     <out>/frames.log                   the raw CAN frames (candump -L; channel = bus name)
@@ -40,16 +41,22 @@ from agent.export.gpx import Sample, track_points, write_gpx
 from agent.export.signing import fingerprint, public_pem, sign
 from agent.incident.store import IncidentStore, write_candump
 from agent.model import DecodedFrame, SignalSpec
+from agent.timespec import iso_local
 
 FORMAT = "vehicle-edge-agent export 1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
 PUBLIC_KEY = "vehicle-public-key.pem"
-SAMPLE_FIELDS = ("timestamp", "bus", "signal", "vss", "value", "unit", "label")
+# timestamp: epoch seconds, for machines; time_local: the same instant as local ISO 8601, for people.
+SAMPLE_FIELDS = ("timestamp", "time_local", "bus", "signal", "vss", "value", "unit", "label")
 
 
 class ExportError(ValueError):
     pass
+
+
+class NothingToExport(ExportError):
+    """The range holds no sample: nothing is written, and the message says why."""
 
 
 @dataclass
@@ -116,7 +123,8 @@ def _write_samples(out_dir: Path, samples: Sequence[Sample]) -> list[str]:
         table.writerow(SAMPLE_FIELDS)
         lines = []
         for s in items:
-            table.writerow((f"{s.timestamp:.6f}", s.bus, s.key, s.vss, repr(s.value), s.unit, s.label or ""))
+            table.writerow((f"{s.timestamp:.6f}", iso_local(s.timestamp, "microseconds"), s.bus, s.key, s.vss,
+                            repr(s.value), s.unit, s.label or ""))
             record = {"timestamp": s.timestamp, "bus": s.bus, "signal": s.key, "vss": s.vss,
                       "value": _json_value(s.value), "unit": s.unit}
             if s.label is not None:
@@ -223,6 +231,42 @@ def export_incident(store: IncidentStore, incident_id: str, out_dir: str | Path,
     return write_export(content, out_dir, signing_key)
 
 
+@dataclass
+class _Span:
+    """How many frames were offered, and the times they cover (to say why a range is empty)."""
+
+    frames: int = 0
+    first: float = math.inf
+    last: float = -math.inf
+
+    def add(self, timestamp: float) -> None:
+        self.frames += 1
+        self.first = min(self.first, timestamp)
+        self.last = max(self.last, timestamp)
+
+
+def outside_span(start: float, end: float, first: float, last: float, available: str) -> str:
+    """Why [start, end] holds nothing when ``available`` (e.g. "5 incident snapshots") spans [first, last]."""
+    side = "before the first" if end < first else "after the last" if start > last else "between"
+    return (f"nothing to export for {iso_local(start)} .. {iso_local(end)}: the range is {side} frames; the "
+            f"{available} available span {iso_local(first)} .. {iso_local(last)}")
+
+
+def _why_empty(seen: _Span, kept: Sequence, decoded: Sequence, wanted: frozenset[str] | None, start: float,
+               end: float) -> str:
+    asked = f"{iso_local(start)} .. {iso_local(end)}"
+    if seen.frames == 0:
+        return (f"nothing to export for {asked}: there are no raw frames at all (the car keeps raw frames only "
+                "around incidents; give the recorded logs with --log FILE)")
+    if not kept:
+        return outside_span(start, end, seen.first, seen.last, f"{seen.frames} frames")
+    if not decoded:
+        return (f"nothing to export for {asked}: {len(kept)} frames are in the range but none decodes with the "
+                "configured DBC files")
+    return (f"nothing to export for {asked}: {len(decoded)} frames decode in the range, but no sample is in the "
+            f"categories asked for ({', '.join(sorted(wanted or ()))})")
+
+
 def export_range(frames: Iterable[tuple[str, can.Message]], decoder: Decoder, start: float, end: float,
                  out_dir: str | Path, signing_key: Ed25519PrivateKey, dbc_paths: Sequence[str | Path],
                  consent_history: Sequence[Mapping[str, Any]] = (), ledger_entries: Sequence[Mapping[str, Any]] = (),
@@ -237,7 +281,9 @@ def export_range(frames: Iterable[tuple[str, can.Message]], decoder: Decoder, st
     wanted = frozenset(categories) if categories is not None else None
     kept: list[tuple[str, can.Message]] = []
     decoded: list[DecodedFrame] = []
+    seen = _Span()
     for bus, msg in frames:
+        seen.add(msg.timestamp)
         if not start <= round(msg.timestamp, 6) <= end:
             continue
         kept.append((bus, msg))
@@ -249,6 +295,8 @@ def export_range(frames: Iterable[tuple[str, can.Message]], decoder: Decoder, st
     samples = samples_from_frames(decoded, decoder.specs)
     if wanted is not None:
         samples = [s for s in samples if s.category in wanted]
+    if not samples:
+        raise NothingToExport(_why_empty(seen, kept, decoded, wanted, start, end))
     content = ExportContent(kind="range", start=start, end=end, frames=kept, samples=samples,
                             dbc_paths=[Path(p) for p in dbc_paths], consent_history=consent_history,
                             ledger_entries=ledger_entries, vehicle_id=vehicle_id,

@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.cli.framework import add_command
 from agent.netlocal import is_loopback
+from agent.timespec import duration_type
 from simulator.receiver import Receiver, ReceiverStore, ReceiverTls, format_report
 
 
@@ -33,8 +35,11 @@ class CloudUsageError(ValueError):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "cloud", help="run the reference cloud receiver (MQTT -> SQLite + report)",
+    parser = add_command(
+        subparsers, "cloud", "run the reference cloud receiver (MQTT -> SQLite + report)", examples=(
+            "vehicle-sim cloud --broker 127.0.0.1:1883 --db fleet.sqlite --duration 10m",
+            "vehicle-sim cloud --broker 127.0.0.1:8883 --ca ca.pem --cert rx.pem --key rx.key --batches 100 --json",
+        ),
         description="Subscribe to vehicles/+/v1/data/+ on an MQTT v5 broker, verify and deduplicate batches, "
                     "decode them into SQLite and report batches, samples, duplicates, conflicts, corrupt batches, "
                     "gaps, bytes and latency.")
@@ -52,13 +57,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dictionary", action="append", default=[], metavar="FILE",
                         help="zstd dictionary file for batches that name one (vehicles also publish theirs)")
     parser.add_argument("--batches", type=int, default=None, metavar="N", help="stop after N unique batches")
-    parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    parser.add_argument("--duration", type=duration_type("--duration"), default=None, metavar="TIME",
+                        help="stop after this long (90s, 10m, 2h)")
     parser.add_argument("--report", metavar="FILE", help="also write the report as JSON to FILE")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     parser.set_defaults(func=run)
     actions = parser.add_subparsers(dest="cloud_action", metavar="ACTION")
-    anchor = actions.add_parser(
-        "anchor", help="write a vehicle's kept ledger anchor as JSON (for `vehicle-agent ledger verify --against`)",
+    anchor = add_command(
+        actions, "anchor", "write a vehicle's kept ledger anchor as JSON (for `vehicle-agent ledger verify --against`)",
+        examples=("vehicle-sim cloud anchor --db fleet.sqlite --vehicle v3f1c9a -o anchor.json",),
         description="Write the latest ledger head the receiver kept for a vehicle (from its online status "
                     "messages; it never goes backwards) as JSON: vehicle, seq, line_sha256, signing_key, "
                     "status_time, received.  Exit 1 when the database has none for that vehicle.")

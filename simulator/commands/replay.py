@@ -6,14 +6,19 @@ import argparse
 import math
 import sys
 
+from agent.cli.framework import add_command
 from agent.sources.log import LogSource
+from agent.timespec import duration_type
 from simulator.faults import FAULTS_HELP, parse_fault_spec
 from simulator.replay import ReplayOptions, open_target, replay
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "replay", help="replay a CAN log onto a bus",
+    parser = add_command(
+        subparsers, "replay", "replay a CAN log onto a bus", examples=(
+            "vehicle-sim replay drive.asc --to socketcand://127.0.0.1:29536/can0 --speed 10",
+            "vehicle-sim replay drive.log --to virtual://bench --speed max --loop 0",
+        ),
         description="Replay a CAN log (candump .log, .asc, .blf, .trc, .csv, .gz) onto virtual://NAME, "
                     "socketcand://127.0.0.1:PORT (served here; port 0 picks one) or socketcan://CHANNEL.")
     parser.add_argument("log", metavar="LOG")
@@ -28,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "that opened that channel)")
     parser.add_argument("--wait-clients", type=int, default=1, metavar="N",
                         help="socketcand: clients to wait for before sending (default 1; 0 = do not wait)")
-    parser.add_argument("--wait-timeout", type=float, default=30.0, metavar="S",
+    parser.add_argument("--wait-timeout", type=duration_type("--wait-timeout"), default=30.0, metavar="TIME",
                         help="socketcand: give up waiting for clients after S seconds (default 30)")
     parser.add_argument("--faults", metavar="SPEC", help="inject faults: " + FAULTS_HELP.replace("%", "%%"))
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from agent.cli.framework import add_command
 from simulator.commands.replay import parse_speed
 from simulator.replay import Pacer, ReplayOptions, open_target
 from simulator.scenario import DEFAULT_START_TIME, SCENARIOS, build_scenario, write_event, write_scenario
@@ -22,8 +23,11 @@ from simulator.socketcand_server import UnsupportedFrameError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "scenario", help="generate a drive with an incident and camera events (hard-brake, sentry)",
+    parser = add_command(
+        subparsers, "scenario", "generate a drive with an incident and camera events (hard-brake, sentry)", examples=(
+            "vehicle-sim scenario hard-brake -o drive.log",
+            "vehicle-sim scenario sentry --to socketcand://127.0.0.1:29536/can0 --spool /run/vehicle-agent/camera",
+        ),
         description="Generate a scripted drive on the CSS Electronics demo truck: a hard brake ending in a "
                     "collision, or a parked car in sentry mode that gets bumped; with matching camera events.")
     parser.add_argument("name", choices=SCENARIOS, metavar="NAME", help=" | ".join(SCENARIOS))
