@@ -7,6 +7,7 @@ privacy stage never uploads (fail closed).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from cantools.database import Database
 
 from agent.model import ALL_CATEGORIES, CATEGORIES, UNCLASSIFIED
+from agent.vss import known_paths, propose
 from agent.yamlsrc import ConfigError, load_file
 
 
@@ -103,18 +105,6 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD_RE.findall(text)]
 
 
-_VSS_GUESSES: dict[str, str] = {
-    "location": "Vehicle.CurrentLocation",
-    "driving": "Vehicle",
-    "charging": "Vehicle.Powertrain.TractionBattery",
-    "vehicle_health": "Vehicle.Diagnostics",
-    "cabin": "Vehicle.Cabin",
-    "identity": "Vehicle.VehicleIdentification",
-    "camera": "Vehicle.ADAS",
-    "incident": "Vehicle.Safety",
-}
-
-
 def guess_category(message: str, signal: str) -> str:
     words = _words(f"{message} {signal}")
     for pattern, category in _GUESSES:
@@ -124,32 +114,35 @@ def guess_category(message: str, signal: str) -> str:
     return UNCLASSIFIED
 
 
-def _vss_leaf(signal: str) -> str:
-    parts = [p for p in re.split(r"[^A-Za-z0-9]+", signal) if p]
-    leaf = "".join(p[:1].upper() + p[1:] for p in parts) or "Signal"
-    return leaf if leaf[0].isalpha() else "S" + leaf
-
-
 def draft_catalog(database: Database, dbc_name: str) -> str:
-    """YAML text of a drafted catalog; every entry is marked for review."""
+    """YAML text of a drafted catalog; every entry is marked for review.
+
+    VSS paths are proposed only where a signal clearly matches a standard one (``agent.vss``); the rest
+    get no path and a comment saying why, for a person to decide."""
+    signals = [(m.name, s.name, s.unit or "") for m in sorted(database.messages, key=lambda m: m.name)
+               for s in m.signals]
+    proposals = propose(signals)
+    release, _ = known_paths()
+    matched = sum(p.path is not None for p in proposals.values())
     lines = [
         f"# Signal catalog drafted from {dbc_name} by `vehicle-agent catalog init`.",
         "# Categories were guessed from names: check each entry, then set review: false.",
+        f"# VSS paths: {matched} of {len(proposals)} signals match a standard VSS {release} path by name and unit;",
+        "# the others have none (each says why): give them one, or leave them known by their DBC name.",
         f"# Categories: {', '.join(CATEGORIES)} (anything else stays unclassified and never leaves the car).",
         f"dbc: {dbc_name}",
         "signals:",
     ]
-    for message in sorted(database.messages, key=lambda m: m.name):
-        for signal in message.signals:
-            category = guess_category(message.name, signal.name)
-            prefix = _VSS_GUESSES.get(category, "Vehicle.Private")
-            vss = f"{prefix}.{_vss_leaf(message.name)}.{_vss_leaf(signal.name)}"
-            unit = (signal.unit or "").replace('"', "'")
-            lines.append(f"  {message.name}.{signal.name}:")
-            lines.append(f"    vss: {vss}")
-            lines.append(f'    unit: "{unit}"')
-            lines.append(f"    category: {category}")
-            lines.append("    review: true")
+    for message, signal, unit in signals:
+        proposal = proposals[f"{message}.{signal}"]
+        lines.append(f"  {message}.{signal}:")
+        if proposal.path:
+            lines.append(f"    vss: {proposal.path}  # {proposal.reason}")
+        else:
+            lines.append(f'    vss: ""  # review: {proposal.reason}')
+        lines.append(f"    unit: {json.dumps(unit, ensure_ascii=False)}")
+        lines.append(f"    category: {guess_category(message, signal)}")
+        lines.append("    review: true")
     return "\n".join(lines) + "\n"
 
 
