@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -27,3 +28,35 @@ def test_demo_on_a_shared_log_reports_that_what_was_sent_arrived(tmp_path, share
     assert set(received["by_category"]) == {"driving", "location", "vehicle_health"}
     assert sum(received["by_category"].values()) == received["samples"]
     assert "OK: every uploaded batch arrived once, intact" in result.stdout
+
+
+def test_default_demo_shows_what_arrived_under_each_consent_once_and_readably(tmp_path):
+    """The bundled log, both consent phases and the incident: which signals arrived (with values), the car's
+    decode table printed once, frames named as frames, people's times in ISO."""
+    report_path = tmp_path / "report.json"
+    result = run_agent("demo", "--speed", "max", "--report-json", str(report_path), "--workdir", str(tmp_path / "w"),
+                       timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    phase1, rest = out.split("== 2. ", 1)
+    phase2, incident = rest.split("== Incident", 1)
+    # What the car decoded is the same log both times: shown once, then referred to.
+    assert out.count("top signals, as decoded in the car") == 1
+    assert "decoded the same frames and signals as phase 1 (same log)" in phase2
+    assert "31580 frames with an unknown id" in phase1 and "unknown id 31580" not in out
+    # Phase 1 (default consent): nothing arrived; phase 2 lists the signals with their arrived values.
+    assert "signals that arrived: none" in phase1
+    assert "location (2 signals, 230 samples)" in phase2
+    latitude = re.search(r"gnss_pos\.Latitude\s+115\s+(-?\d+\.\d+) deg", phase2)
+    assert latitude, phase2
+    # City level: the centre of a 0.1 degree cell, (floor(v * 10) + 0.5) / 10.
+    value = float(latitude.group(1))
+    assert abs(value * 10 - 0.5 - round(value * 10 - 0.5)) < 1e-9
+    assert "EEC1.EngineSpeed                   12719  646.5 .. 653.75 rpm" in phase2
+    assert "gnss_altitude.Altitude" not in phase2.split("signals that arrived")[1]  # not granted: never arrived
+    report = json.loads(report_path.read_text())
+    assert report["runs"][0]["received"]["samples"] == 0 and report["received"]["by_category"]["location"] == 230
+    # People's times are ISO (with their offset), not epoch floats.
+    assert re.search(r"brake at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", incident)
+    assert not re.search(r"\b1[67]\d{8}\.\d", incident)
+    assert "WARNING" not in out

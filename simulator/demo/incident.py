@@ -15,6 +15,7 @@ from agent.cli.main import main as agent_main
 from agent.config import load_config
 from agent.flow.build import build
 from agent.sources.log import LogSource
+from agent.timespec import iso_local
 from simulator.demo.setup import BUNDLED_BUSES, DemoInput, write_config
 from simulator.scenario import build_scenario, write_scenario
 
@@ -96,11 +97,13 @@ def _copy_tree(source: Path, target: Path) -> None:
 
 def format_incident(result: IncidentResult) -> str:
     out = ["== Incident: hard-brake scenario, snapshot and the owner's signed export =="]
-    out.append(f"  scenario: brake at {result.truth.get('brake_at')}, impact at {result.truth.get('impact_at')}")
+    out.append(f"  scenario: brake at {iso_local(result.truth.get('brake_at'), 'milliseconds')}, "
+               f"impact at {iso_local(result.truth.get('impact_at'), 'milliseconds')}")
     for snap in result.snapshots:
-        fields = ", ".join(f"{k} {snap[k]}" for k in ("id", "trigger", "start", "end", "frames", "samples", "complete")
-                           if k in snap)
-        out.append(f"  snapshot: {fields}")
+        state = "complete" if snap.get("complete") else "INCOMPLETE"
+        out.append(f"  snapshot {snap['id']} ({snap['trigger']}, {state}): {snap.get('frames')} frames, "
+                   f"{snap.get('samples')} samples, {iso_local(snap['start'], 'milliseconds')} .. "
+                   f"{iso_local(snap['end'], 'milliseconds')}")
     out.append(f"  export: {result.export_dir}")
     out.append("  " + result.export_output.replace("\n", "\n  "))
     out.append("  verify: " + result.verify_output.replace("\n", "\n  "))

@@ -73,10 +73,12 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             phases = [("1. default consent (China profile): nothing personal leaves the car", None),
                       ("2. owner granted vehicle_health + driving (7d) and location at city level",
                        owner_grants(workdir / "owner-consent"))]
+        previous = None
         for index, (title, consent) in enumerate(phases, start=1):
             result = run_phase(title, demo, workdir / f"run{index}", broker, options.speed,
                                consent_file=consent, grant_all=options.grant_all)
-            say(format_phase(result, baseline) + "\n")
+            say(format_phase(result, baseline, previous=previous, previous_index=index - 1) + "\n")
+            previous = previous or result
             reports.append(json_report(result, baseline))
     incident = None
     if options.incident and not options.log:

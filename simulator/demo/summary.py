@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from simulator.demo.phase import PhaseResult
+
+# Per category, the signals that arrived at the receiver are listed up to this many (location: all).
+ARRIVED_PER_CATEGORY = 6
 
 
 def _fmt(value: float) -> str:
@@ -48,17 +53,62 @@ def json_report(phase: PhaseResult, candump_bytes: int) -> dict[str, Any]:
     }
 
 
-def format_phase(phase: PhaseResult, candump_bytes: int, top: int = 8) -> str:
-    report = json_report(phase, candump_bytes)
-    sent, received = report["sent"], report["received"]
-    out = [f"== {phase.title} ==", ""]
-    out.append("Agent (in the car)")
+def arrived_signals(receiver_db: Path) -> list[tuple[str, str, int, Any, Any]]:
+    """(category, signal, samples, min, max) of what the reference receiver stored, by category and signal."""
+    if not receiver_db.is_file():
+        return []
+    with sqlite3.connect(f"file:{receiver_db}?mode=ro", uri=True) as db:
+        return list(db.execute("SELECT category, key, COUNT(*), MIN(value), MAX(value) FROM samples "
+                               "GROUP BY category, key ORDER BY category, COUNT(*) DESC, key"))
+
+
+def _values(low: Any, high: Any, unit: str) -> str:
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)):
+        shown = _fmt(low) if low == high else f"{_fmt(low)} .. {_fmt(high)}"
+    else:
+        shown = str(low) if low == high else f"{low} .. {high}"
+    return f"{shown} {unit}".rstrip()
+
+
+def format_arrived(phase: PhaseResult) -> list[str]:
+    """Which signals arrived under this phase's consent, with their values as they arrived (e.g. the
+    position at the precision the owner chose)."""
+    rows = arrived_signals(phase.workdir / "receiver.sqlite")
+    if not rows:
+        return ["  signals that arrived: none"]
+    out = ["  signals that arrived, as the receiver stored them (samples; values):"]
+    by_category: dict[str, list[tuple]] = {}
+    for row in rows:
+        by_category.setdefault(row[0], []).append(row)
+    for category, items in by_category.items():
+        total = sum(n for _, _, n, _, _ in items)
+        out.append(f"    {category} ({len(items)} signals, {total} samples)")
+        shown = items if category == "location" else items[:ARRIVED_PER_CATEGORY]
+        for _, key, count, low, high in shown:
+            unit = phase.signals[key].unit if key in phase.signals else ""
+            out.append(f"      {key:<32} {count:>7}  {_values(low, high, unit)}")
+        if len(shown) < len(items):
+            out.append(f"      ... and {len(items) - len(shown)} more")
+    return out
+
+
+def _decode_lines(sent: dict) -> list[str]:
+    lines = []
     for bus, counts in sent["decode"].items():
         frames = counts["frames"] or 1
-        rejects = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()
-                            if k not in ("frames", "decoded") and v)
-        out.append(f"  bus {bus:<8} {counts['frames']:>7} frames, {counts['decoded'] / frames:6.1%} decoded"
-                   + (f" ({rejects})" if rejects else ""))
+        rejects = ", ".join(_reject(k, v) for k, v in counts.items() if k not in ("frames", "decoded") and v)
+        lines.append(f"  bus {bus:<8} {counts['frames']:>7} frames, {counts['decoded'] / frames:6.1%} decoded"
+                     + (f" ({rejects})" if rejects else ""))
+    return lines
+
+
+def _reject(kind: str, frames: int) -> str:
+    """``unknown_id 31580`` -> ``31580 frames with an unknown id``."""
+    return f"{frames} frames with {'an ' if kind == 'unknown_id' else 'a '}{kind.replace('_', ' ')}"
+
+
+def _top_signals(phase: PhaseResult, top: int) -> list[str]:
+    out: list[str] = []
     by_category: dict[str, int] = {}
     for stats in phase.signals.values():
         by_category[stats.category] = by_category.get(stats.category, 0) + 1
@@ -74,11 +124,27 @@ def format_phase(phase: PhaseResult, candump_bytes: int, top: int = 8) -> str:
     busiest = busiest[:top]
     if busiest:
         width = max(len(k) for k, _ in busiest)
-        out.append("  top signals, as decoded in the car (shown here, on the owner's side; not what was uploaded)")
+        out.append("  top signals, as decoded in the car (what arrived at the receiver is below)")
         out.append(f"    {'signal':<{width}}  samples        min       mean        max  unit")
         for key, stats in busiest:
             out.append(f"    {key:<{width}} {stats.count:>8} {_fmt(stats.minimum):>10} {_fmt(stats.mean):>10} "
                        f"{_fmt(stats.maximum):>10}  {stats.unit}  [{stats.category}]")
+    return out
+
+
+def format_phase(phase: PhaseResult, candump_bytes: int, top: int = 8, previous: PhaseResult | None = None,
+                 previous_index: int = 0) -> str:
+    """The phase's summary; what the car decoded is shown once: a later phase on the same log says so."""
+    report = json_report(phase, candump_bytes)
+    sent, received = report["sent"], report["received"]
+    out = [f"== {phase.title} ==", ""]
+    out.append("Agent (in the car)")
+    same = previous is not None and json_report(previous, candump_bytes)["sent"]["decode"] == sent["decode"]
+    if same:
+        out.append(f"  decoded the same frames and signals as phase {previous_index} (same log)")
+    else:
+        out += _decode_lines(sent)
+        out += _top_signals(phase, top)
     written = sent["bytes"]
     ratio = f"{candump_bytes / written:.0f}x smaller than" if written else "nothing, vs"
     out.append(f"  batches written {sent['batches_written']} ({sent['samples']} samples, {written} bytes: "
@@ -89,8 +155,7 @@ def format_phase(phase: PhaseResult, candump_bytes: int, top: int = 8) -> str:
     out.append(f"  batches {received['batches']}, samples {received['samples']}, bytes {received['bytes']}, "
                f"duplicates dropped {received['duplicates_dropped']}, gaps {received['gaps']}, "
                f"corrupt {received['corrupt']}")
-    categories = ", ".join(f"{k} {v}" for k, v in sorted(received["by_category"].items())) or "none"
-    out.append(f"  samples by category: {categories}")
+    out += format_arrived(phase)
     if received["latency_p50_s"] is not None:
         out.append(f"  end-to-end latency p50 {received['latency_p50_s']:.3f} s, p99 {received['latency_p99_s']:.3f} s")
     verdict = "OK: every uploaded batch arrived once, intact" if (
