@@ -394,3 +394,18 @@ def test_malformed_columns_are_named(column, message):
     payload = _rebuilt(_encode([_table()]), _set(8, [column, 7]))
     with pytest.raises(BatchError, match=re.escape(f"table 0 (can0/M): {message}")):
         decode_batch(payload)
+
+
+def test_a_reference_column_stands_only_for_an_identical_one():
+    """Python's == takes 1 and 1.0, or 0.0 and -0.0, as equal: such a column must not become ["=", j]
+    (it would decode with the other column's types or sign)."""
+    table = _table(raw=False, signals=("i", "f", "z", "nz", "same"), scales=None, offsets=None,
+                   rows=[(1, 1.0, 0.0, -0.0, 1), (2, 2.0, 0.0, -0.0, 2), (3, 3.0, 0.0, -0.0, 3)])
+    decoded = decode_batch(_encode([table]))
+    values = {signal: [] for signal in table.signals}
+    for _t, _bus, key, value, _raw in iter_samples(decoded):
+        values[key.split(".", 1)[1]].append(value)
+    assert [type(v) for v in values["i"]] == [int, int, int] and values["same"] == [1, 2, 3]
+    assert [type(v) for v in values["f"]] == [float, float, float] and values["f"] == [1.0, 2.0, 3.0]
+    assert [math.copysign(1, v) for v in values["nz"]] == [-1, -1, -1]
+    assert [math.copysign(1, v) for v in values["z"]] == [1, 1, 1]

@@ -154,6 +154,12 @@ def schema_dictionary(specs: Mapping[str, SignalSpec]) -> bytes:
 TABLE_FIELDS = ("message", "signals", "scales", "offsets", "bus", "raw", "rows", "t", "columns")
 
 
+def _exact(values: tuple) -> tuple:
+    """A column's values as a key that only an identical column shares: type and bits, so that ``1`` and
+    ``1.0``, or ``0.0`` and ``-0.0``, which Python's ``==`` takes as equal, are not referenced as the same."""
+    return tuple((v.hex(),) if isinstance(v, float) else (type(v), v) for v in values)
+
+
 def _table_array(table: TableData, base_us: int) -> tuple[list, int]:
     """(msgpack-ready table, sample count)."""
     count = len(table.rows)
@@ -161,11 +167,12 @@ def _table_array(table: TableData, base_us: int) -> tuple[list, int]:
     columns: list = []
     seen: dict[tuple, int] = {}
     for index, values in enumerate(zip(*table.rows)):
-        earlier = seen.get(values)
+        identity = _exact(values)
+        earlier = seen.get(identity)
         if earlier is not None:
             columns.append(["=", earlier])
             continue
-        seen[values] = index
+        seen[identity] = index
         try:
             columns.append(encode_values(list(values)))
         except ColumnError as exc:
