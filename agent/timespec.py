@@ -91,21 +91,21 @@ def iso_local(epoch: float | None, timespec: str = "seconds") -> str:
     return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec=timespec)
 
 
-def duration_type(option: str) -> Callable[[str], float]:
-    """argparse ``type=`` for a duration option."""
+def _argparse_type(parse: Callable[[str, str], float], option: str) -> Callable[[str], float]:
+    """argparse ``type=``: argparse names the option itself, so the message starts after it."""
     def convert(text: str) -> float:
         try:
-            return parse_duration(text, option)
+            return parse(text, option)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option}: ")) from None
     return convert
+
+
+def duration_type(option: str) -> Callable[[str], float]:
+    """argparse ``type=`` for a duration option."""
+    return _argparse_type(parse_duration, option)
 
 
 def moment_type(option: str) -> Callable[[str], float]:
     """argparse ``type=`` for a moment option (read when the command line is parsed)."""
-    def convert(text: str) -> float:
-        try:
-            return parse_moment(text, option)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option}: ")) from None
-    return convert
+    return _argparse_type(parse_moment, option)
