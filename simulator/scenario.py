@@ -37,12 +37,12 @@ from typing import Any
 import can
 from cantools.database.can import Message
 
+from agent import shipped
 from agent.camera.events import CameraEvent, ClipRef, Location, event_to_dict
 from agent.dbc import load_dbc
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TRUCK_DBC = REPO_ROOT / "dbc" / "css-electronics" / "CSS-Electronics-SAE-J1939-DEMO.dbc"
-GPS_DBC = REPO_ROOT / "dbc" / "css-electronics" / "canmod-gps.dbc"
+TRUCK_DBC = shipped.dbc_file("css-electronics/CSS-Electronics-SAE-J1939-DEMO.dbc")
+GPS_DBC = shipped.dbc_file("css-electronics/canmod-gps.dbc")
 TRUCK_CHANNEL = "can0"
 GPS_CHANNEL = "can1"
 DEFAULT_START_TIME = 1_700_000_000.0

@@ -9,7 +9,7 @@ from agent.cli import framework
 SUBCOMMANDS = tuple(f"agent.cli.{name}" for name in (
     "decode", "stats", "catalog", "record", "replay", "inspect", "buffer",            # engineers
     "plot", "monitor", "convert", "dump", "listing",                                  # engineers' tools
-    "run", "status", "reload", "demo",                                                # the service
+    "run", "status", "reload", "demo", "shipped",                                     # the service
     "consent", "ledger", "export", "incidents", "identity",                           # owners
 ))
 

@@ -100,7 +100,7 @@ def run_phase(title: str, demo: DemoInput, workdir: Path, broker: LocalBroker, s
     config = write_config(demo, workdir, port, broker.port, incidents=incidents)
     # The simulator serves socketcand first; the agent's buses connect to it when built.
     simulator = subprocess.Popen(_simulator_command(demo, port, speed), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2], text=True)
+                                 stderr=subprocess.PIPE, cwd=workdir, text=True)
     stderr_lines = _wait_listening(simulator)
     try:
         runtime = AgentRuntime(config, consent_file=str(consent_file) if consent_file else None,

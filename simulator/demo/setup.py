@@ -7,15 +7,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent import shipped
 from agent.sources.log import LogSource
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-REPO_DIR = PACKAGE_DIR.parent
-BUNDLED_LOG = PACKAGE_DIR / "data" / "css_truck_j1939_and_canmod_gps.asc.gz"
+BUNDLED_LOG = shipped.demo_log()
 # The bundled log: ASC channel 0 is a J1939 truck bus, channel 1 a CANmod.gps module.
 BUNDLED_BUSES = {
-    "0": ("truck", [REPO_DIR / "dbc/css-electronics/CSS-Electronics-SAE-J1939-DEMO.dbc"]),
-    "1": ("gps", [REPO_DIR / "dbc/css-electronics/canmod-gps.dbc"]),
+    "0": ("truck", [shipped.dbc_file("css-electronics/CSS-Electronics-SAE-J1939-DEMO.dbc")]),
+    "1": ("gps", [shipped.dbc_file("css-electronics/canmod-gps.dbc")]),
 }
 
 
