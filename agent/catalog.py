@@ -126,7 +126,8 @@ def draft_catalog(database: Database, dbc_name: str) -> str:
     matched = sum(p.path is not None for p in proposals.values())
     lines = [
         f"# Signal catalog drafted from {dbc_name} by `vehicle-agent catalog init`.",
-        "# Categories were guessed from names: check each entry, then set review: false.",
+        "# Categories come with the VSS path where one matched, else they were guessed from names:",
+        "# check each entry, then set review: false.",
         f"# VSS paths: {matched} of {len(proposals)} signals match a standard VSS {release} path by name and unit;",
         "# the others have none (each says why): give them one, or leave them known by their DBC name.",
         f"# Categories: {', '.join(CATEGORIES)} (anything else stays unclassified and never leaves the car).",
@@ -141,7 +142,7 @@ def draft_catalog(database: Database, dbc_name: str) -> str:
         else:
             lines.append(f'    vss: ""  # review: {proposal.reason}')
         lines.append(f"    unit: {json.dumps(unit, ensure_ascii=False)}")
-        lines.append(f"    category: {guess_category(message, signal)}")
+        lines.append(f"    category: {proposal.category or guess_category(message, signal)}")
         lines.append("    review: true")
     return "\n".join(lines) + "\n"
 

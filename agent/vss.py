@@ -20,6 +20,12 @@ from importlib import resources
 
 import yaml
 
+from agent.model import CATEGORIES
+
+# Where a signal is: the privacy rules (``agent.privacy.decision``) key on these paths, so a path under it
+# that is not in the location category would be a leak in waiting.
+LOCATION_PREFIX = "Vehicle.CurrentLocation."
+
 # Words that make a signal a qualifier of a measurement, or a guess, rather than the measurement itself.
 QUALIFIERS = frozenset({
     "valid", "validity", "accuracy", "status", "stat", "diag", "checksum", "chksum", "crc", "counter", "cnt",
@@ -44,6 +50,7 @@ def words_of(name: str) -> set[str]:
 @dataclass(frozen=True)
 class VssPath:
     path: str
+    category: str  # the privacy category a signal with this path is drafted with
     unit: str
     datatype: str
     units: frozenset[str]
@@ -62,6 +69,7 @@ class Proposal:
     signal: str  # Message.Signal
     path: str | None  # None: left for review
     reason: str
+    category: str | None = None  # the path's privacy category; None: guess it from the name
 
 
 @lru_cache(maxsize=1)
@@ -69,11 +77,23 @@ def known_paths() -> tuple[str, tuple[VssPath, ...]]:
     """(VSS release, the paths) from the packaged list."""
     text = resources.files("agent").joinpath("vss_paths.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text)
-    paths = tuple(VssPath(item["path"], item["unit"], item["datatype"], frozenset(str(u).lower() for u in item["units"]),
+    paths = tuple(VssPath(item["path"], checked_category(item), item["unit"], item["datatype"],
+                          frozenset(str(u).lower() for u in item["units"]),
                           tuple(tuple(frozenset(group) for group in alternative) for alternative in item["names"]),
                           frozenset(item.get("without", ())))
                   for item in data["paths"])
     return str(data["release"]), paths
+
+
+def checked_category(item: dict) -> str:
+    """The category of one packaged path entry; a position path outside location is refused."""
+    category = item.get("category")
+    if category not in CATEGORIES:
+        raise ValueError(f"agent/vss_paths.yaml: {item.get('path')}: category {category!r} is not one of "
+                         f"{', '.join(CATEGORIES)}")
+    if item["path"].startswith(LOCATION_PREFIX) and category != "location":
+        raise ValueError(f"agent/vss_paths.yaml: {item['path']}: a position path must be in category location")
+    return category
 
 
 def _candidate(message: str, signal_name: str, unit: str) -> tuple[VssPath | None, str]:
@@ -118,5 +138,5 @@ def propose(signals: Iterable[tuple[str, str, str]]) -> dict[str, Proposal]:
             proposals[key] = Proposal(key, None, f"{len(takers[path.path])} signals would take {path.path} "
                                                  f"({others}): pick one")
         else:
-            proposals[key] = Proposal(key, path.path if path else None, reason)
+            proposals[key] = Proposal(key, path.path if path else None, reason, path.category if path else None)
     return proposals

@@ -20,7 +20,6 @@ with the wall clock at sending plus any injected clock jump).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 
 import can
 
+from agent.cli.progress import progress as bar
 from agent.sources.live import open_bus
 from agent.sources.log import LogSource
 from simulator.faults import FaultInjector, FaultReport, FaultSpec
@@ -310,9 +310,18 @@ class _NoProgress:
         pass
 
 
-def _progress(enabled: bool) -> Progress:
-    if not enabled:
-        return _NoProgress()
-    from tqdm import tqdm
+class _Bar:
+    """The replay's ``update(n)``/``close()`` on the shared rich bar (agent/cli/progress.py)."""
 
-    return tqdm(unit=" frames", file=sys.stderr, mininterval=0.5, unit_scale=True)
+    def __init__(self) -> None:
+        self._bar = bar("replay", unit="frames")
+
+    def update(self, n: int) -> None:
+        self._bar.advance(n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress(enabled: bool) -> Progress:
+    return _Bar() if enabled else _NoProgress()

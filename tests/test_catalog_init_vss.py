@@ -9,8 +9,11 @@ import pytest
 import yaml
 
 from agent.catalog import load_catalog
+from agent.cli.common import load_catalogs, load_dbcs
 from agent.cli.main import main
-from agent.vss import known_paths, propose
+from agent.decode import Decoder
+from agent.privacy.decision import category_of
+from agent.vss import checked_category, known_paths, propose
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "dbc"
@@ -97,3 +100,49 @@ def test_the_packaged_list_names_its_release_and_only_vss_paths():
     assert release == "4.0" and len(paths) == 25
     assert all(p.path.startswith("Vehicle.") and p.units and p.names for p in paths)
     assert len({p.path for p in paths}) == len(paths)
+
+
+def test_drafted_categories_follow_the_matched_path_and_agree_with_the_reviewed_catalogs(tmp_path):
+    for name in ("CSS-Electronics-SAE-J1939-DEMO", "canmod-gps"):
+        signals, _ = _draft(tmp_path, ROOT / f"dbc/css-electronics/{name}.dbc")
+        reviewed = load_catalog(ROOT / f"dbc/css-electronics/{name}.catalog.yaml")
+        matched = {key: entry["category"] for key, entry in signals.items() if entry["vss"]}
+        assert matched == {key: reviewed.lookup(key).category for key in matched}, name
+    assert signals["gnss_odo.DistanceTotal"]["category"] == "driving"  # the name guess ("gnss") says location
+    kona, _ = _draft(tmp_path, ROOT / "dbc/kona-ev/pcan.dbc")
+    # "LAT" in LAT_ACCEL is lateral, not latitude: the matched path says driving.
+    assert [kona[k]["category"] for k in ("StabilityControl.LAT_ACCEL", "Odometer.Odometer", "BMS_542.SocDisp",
+                                          "IEB_386_WHEEL.WHL_SPD_RR")] == ["driving", "driving", "charging",
+                                                                            "driving"]
+
+
+def test_drafted_position_signals_are_location_for_the_privacy_rules(tmp_path):
+    """What the privacy stage decides from a drafted catalog: the position is location, nothing else is
+    moved into or out of it by the rule that keys on VSS paths."""
+    out = tmp_path / "canmod-gps.catalog.yaml"
+    assert main(["catalog", "init", str(ROOT / "dbc/css-electronics/canmod-gps.dbc"), "-o", str(out)]) == 0
+    bus_dbcs = load_dbcs([str(ROOT / "dbc/css-electronics/canmod-gps.dbc")])
+    specs = Decoder(bus_dbcs, load_catalogs(bus_dbcs, [str(out)])).specs
+    location = sorted(key for key, spec in specs.items() if category_of(spec) == "location")
+    assert location == sorted(key for key, spec in specs.items() if spec.category == "location")
+    assert specs["gnss_pos.Latitude"].vss_path == "Vehicle.CurrentLocation.Latitude"
+    assert category_of(specs["gnss_pos.Latitude"]) == category_of(specs["gnss_pos.Longitude"]) == "location"
+
+
+def test_a_packaged_path_entry_with_a_wrong_category_is_refused():
+    with pytest.raises(ValueError, match=r"Vehicle\.CurrentLocation\.Latitude: a position path must be in category"):
+        checked_category({"path": "Vehicle.CurrentLocation.Latitude", "category": "driving"})
+    with pytest.raises(ValueError, match=r"Vehicle\.Speed: category 'speedy' is not one of"):
+        checked_category({"path": "Vehicle.Speed", "category": "speedy"})
+    assert all(p.category == "location" for p in known_paths()[1] if p.path.startswith("Vehicle.CurrentLocation."))
+
+
+def test_catalog_init_on_a_missing_or_broken_dbc_names_the_file_and_line(tmp_path, capsys):
+    assert main(["catalog", "init", str(tmp_path / "nope.dbc"), "-o", "-"]) == 2
+    assert f"{tmp_path / 'nope.dbc'}: cannot read DBC" in capsys.readouterr().err
+    broken = tmp_path / "broken.dbc"
+    broken.write_text('VERSION ""\nBO_ 100 M: 8 X\n SG_ S : 0|8@1+ (1,0) [0|0] "" X\nBO_ zz\n')
+    assert main(["catalog", "init", str(broken), "-o", "-"]) == 2
+    captured = capsys.readouterr()
+    assert f"{broken}:4: cannot load DBC" in captured.err and captured.out == ""
+    assert not (tmp_path / "broken.catalog.yaml").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 
 import pytest
 
@@ -53,7 +54,21 @@ def test_default_demo_shows_what_arrived_under_each_consent_once_and_readably(tm
     value = float(latitude.group(1))
     assert abs(value * 10 - 0.5 - round(value * 10 - 0.5)) < 1e-9
     assert "EEC1.EngineSpeed                   12719  646.5 .. 653.75 rpm" in phase2
-    assert "gnss_altitude.Altitude" not in phase2.split("signals that arrived")[1]  # not granted: never arrived
+    arrived2, held2 = phase2.split("signals that arrived", 1)[1].split("held back in the car", 1)
+    assert "gnss_altitude.Altitude" not in arrived2 and "gnss_altitude.Altitude" in held2  # not granted
+    assert re.search(r"CCVS1\.WheelBasedVehicleSpeed\s+1272  0 km/h", arrived2)  # the truck stands still
+    # Every signal the receiver stored is named in its phase, and no signal it did not store.
+    with sqlite3.connect(tmp_path / "w" / "run2" / "receiver.sqlite") as db:
+        stored = {key for (key,) in db.execute("SELECT DISTINCT key FROM samples")}
+    named = set(re.findall(r"\b(?:CCVS1|EEC1|gnss_\w+)\.\w+", arrived2))
+    assert len(stored) == 27 and named == stored
+    assert "location 14: gnss_altitude.Altitude" in held2 and "driving" not in held2
+    # Phase 1: nothing arrived, so everything decoded is held back, per category.
+    assert re.search(r"driving 20: .*location 16: .*vehicle_health 5: EEC1\.EngineSpeed", phase1, re.S)
+    # Readable in a terminal: no line wider than 100 columns, no line of the incident part said twice.
+    assert max(len(line) for line in out.splitlines()[2:]) <= 100
+    lines = [line.strip() for line in incident.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)) and incident.count("content changed") == 1
     report = json.loads(report_path.read_text())
     assert report["runs"][0]["received"]["samples"] == 0 and report["received"]["by_category"]["location"] == 230
     # People's times are ISO (with their offset), not epoch floats.

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from typing import TextIO
 
 from agent.cli.common import add_dbc_arguments, decoder_from_args, glob_filter, log_source_from_args
+from agent.cli.framework import add_command
 from agent.decode import Decoder
 from agent.model import DecodedFrame
 
@@ -17,8 +18,10 @@ FIELDS = ("timestamp", "bus", "signal", "value", "unit", "label")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("decode", help="decode a CAN log with DBC files into samples",
-                                   description="Decode every frame of LOG with cantools; one sample per line.")
+    parser = add_command(subparsers, "decode", "decode a CAN log with DBC files into samples", examples=(
+        "vehicle-agent decode drive.blf --dbc vehicle.dbc --signals 'EEC1.*' -o samples.csv",
+        "vehicle-agent decode kona.log --dbc dbc/kona-ev/comp_can.dbc --format jsonl",
+    ), description="Decode every frame of LOG with cantools; one sample per line.")
     parser.add_argument("log", metavar="LOG", help="candump .log, .asc, .blf, .trc, .csv (.gz too), .mf4")
     add_dbc_arguments(parser)
     parser.add_argument("--bus", action="append", default=[], metavar="NAME", help="only these buses")

@@ -9,14 +9,17 @@ import time
 from pathlib import Path
 
 from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_from_args
+from agent.cli.framework import add_command
 from agent.config import load_config
 from agent.flow.build import BuildOptions, build
 from agent.flow.parts import collection_plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "replay", help="run decode -> collect -> consent -> batch -> buffer on a log (no live bus)",
+    parser = add_command(
+        subparsers, "replay", "run decode -> collect -> consent -> batch -> buffer on a log (no live bus)",
+        examples=("vehicle-agent replay drive.asc --config agent.yaml --buffer replay.db",
+                  "vehicle-agent replay kona.log --dbc dbc/kona-ev/comp_can.dbc --buffer bench.db --grant-all --json"),
         description="Without --config every signal is collected at full rate into one stream. Consent applies: "
                     "by default nothing personal is buffered for upload; --grant-all marks a bench run.")
     parser.add_argument("log", metavar="LOG")

@@ -7,11 +7,15 @@ import json
 import sys
 
 from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_from_args
+from agent.cli.framework import add_command
 from agent.decode import Decoder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("stats", help="per-message counts and decode coverage of a log")
+    parser = add_command(subparsers, "stats", "per-message counts and decode coverage of a log", examples=(
+        "vehicle-agent stats drive.asc --dbc 0=truck.dbc 1=gps.dbc --bus-map 0=truck,1=gps",
+        "vehicle-agent stats kona.log --dbc dbc/kona-ev/comp_can.dbc --json",
+    ))
     parser.add_argument("log", metavar="LOG")
     add_dbc_arguments(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from agent.flow.build import build
 from agent.sources.log import LogSource
 from agent.timespec import iso_local
 from simulator.demo.setup import BUNDLED_BUSES, DemoInput, write_config
+from simulator.demo.summary import WIDTH
 from simulator.scenario import build_scenario, write_scenario
 
 
@@ -102,10 +104,25 @@ def format_incident(result: IncidentResult) -> str:
     for snap in result.snapshots:
         state = "complete" if snap.get("complete") else "INCOMPLETE"
         out.append(f"  snapshot {snap['id']} ({snap['trigger']}, {state}): {snap.get('frames')} frames, "
-                   f"{snap.get('samples')} samples, {iso_local(snap['start'], 'milliseconds')} .. "
-                   f"{iso_local(snap['end'], 'milliseconds')}")
+                   f"{snap.get('samples')} samples")
+        out.append(f"    from {iso_local(snap['start'], 'milliseconds')} to {iso_local(snap['end'], 'milliseconds')}")
     out.append(f"  export: {result.export_dir}")
-    out.append("  " + result.export_output.replace("\n", "\n  "))
-    out.append("  verify: " + result.verify_output.replace("\n", "\n  "))
-    out.append("  verify after flipping one byte: " + result.tamper_output.replace("\n", "\n  "))
+    out += _wrapped("", result.export_output)
+    out += _wrapped("verify: ", result.verify_output)
+    out += _wrapped("verify after flipping one byte: ", result.tamper_output)
     return "\n".join(out)
+
+
+def _wrapped(lead: str, text: str) -> list[str]:
+    """A command's output, wrapped for the terminal; a detail line that only repeats what an earlier line
+    said (``export verify`` lists each failure again under its verdict) is left out."""
+    kept: list[str] = []
+    for line in text.splitlines():
+        detail = line.strip().split(": ", 1)[-1]
+        if line.strip() and not any(detail in earlier for earlier in kept):
+            kept.append(line.strip())
+    out: list[str] = []
+    for index, line in enumerate(kept):
+        out += textwrap.wrap((lead if index == 0 else "") + line, WIDTH, initial_indent="  ",
+                             subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+    return out

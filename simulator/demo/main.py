@@ -61,7 +61,8 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     baseline = candump_text_bytes(demo)
     frames = sum(demo.frames_per_bus.values())
     say(f"Demo log: {demo.log.name} ({frames} real CAN frames on "
-        + ", ".join(f"{bus} {n}" for bus, n in demo.frames_per_bus.items()) + f"); work directory {workdir}")
+        + ", ".join(f"{bus} {n}" for bus, n in demo.frames_per_bus.items()) + ")")
+    say(f"Work directory: {workdir}")
     reports = []
     with LocalBroker(workdir / "broker") as broker:
         say(f"Mosquitto listening on 127.0.0.1:{broker.port}; simulator replays at speed {options.speed}\n")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from simulator.demo.phase import PhaseResult
 
-# Per category, the signals that arrived at the receiver are listed up to this many (location: all).
-ARRIVED_PER_CATEGORY = 6
+# Per category, the signals that arrived at the receiver are listed with their values up to this many
+# (location: all); the others by name only, so that every signal that arrived is named.
+ARRIVED_PER_CATEGORY = 8
+# The summary is read in a terminal: lines of names wrap at this width.
+WIDTH = 96
 
 
 def _fmt(value: float) -> str:
@@ -75,7 +79,7 @@ def format_arrived(phase: PhaseResult) -> list[str]:
     position at the precision the owner chose)."""
     rows = arrived_signals(phase.workdir / "receiver.sqlite")
     if not rows:
-        return ["  signals that arrived: none"]
+        return ["  signals that arrived: none", *_withheld(phase, set())]
     out = ["  signals that arrived, as the receiver stored them (samples; values):"]
     by_category: dict[str, list[tuple]] = {}
     for row in rows:
@@ -88,7 +92,29 @@ def format_arrived(phase: PhaseResult) -> list[str]:
             unit = phase.signals[key].unit if key in phase.signals else ""
             out.append(f"      {key:<32} {count:>7}  {_values(low, high, unit)}")
         if len(shown) < len(items):
-            out.append(f"      ... and {len(items) - len(shown)} more")
+            out += _names(f"also arrived ({len(items) - len(shown)}): ", [key for _, key, *_ in items[len(shown):]])
+    out += _withheld(phase, {key for _, key, *_ in rows})
+    return out
+
+
+def _names(lead: str, names: list[str], limit: int | None = None) -> list[str]:
+    shown = names[:limit] if limit else names
+    text = lead + ", ".join(shown) + (f", ... ({len(names) - len(shown)} more)" if len(shown) < len(names) else "")
+    return textwrap.wrap(text, WIDTH, initial_indent="      ", subsequent_indent="        ",
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def _withheld(phase: PhaseResult, arrived: set[str]) -> list[str]:
+    """The decoded signals that did not leave the car under this consent, per category."""
+    held: dict[str, list[str]] = {}
+    for key in sorted(phase.signals):
+        if key not in arrived:
+            held.setdefault(phase.signals[key].category, []).append(key)
+    if not held:
+        return []
+    out = ["    held back in the car (decoded, not uploaded):"]
+    for category, keys in sorted(held.items()):
+        out += _names(f"{category} {len(keys)}: ", keys, limit=4)
     return out
 
 
@@ -146,9 +172,10 @@ def format_phase(phase: PhaseResult, candump_bytes: int, top: int = 8, previous:
         out += _decode_lines(sent)
         out += _top_signals(phase, top)
     written = sent["bytes"]
-    ratio = f"{candump_bytes / written:.0f}x smaller than" if written else "nothing, vs"
-    out.append(f"  batches written {sent['batches_written']} ({sent['samples']} samples, {written} bytes: "
-               f"{ratio} the frames as candump text, {candump_bytes} bytes)")
+    out.append(f"  batches written {sent['batches_written']} ({sent['samples']} samples, {written} bytes)")
+    if written:
+        out.append(f"    {candump_bytes / written:.0f}x smaller than the frames as candump text "
+                   f"({candump_bytes} bytes)")
     out.append(f"  uploaded (PUBACK) {sent['batches']} batches")
     out.append("")
     out.append("Reference receiver (the in-country cloud)")
