@@ -8,9 +8,10 @@ module, so what one command accepts every command accepts:
   and sums such as ``1h30m`` or ``2d 4h``;
 - moments: ``now``, ``today`` / ``yesterday`` (local midnight), a duration
   meaning that long ago (``7d``, ``7d ago``), an ISO 8601 date or time
-  (``2024-06-01``, ``2024-06-01T08:00``: local time; ``...Z`` or ``+08:00``:
-  that offset), or epoch seconds (``1717228800``; a bare number above
-  ``EPOCH_FLOOR`` is a moment, below it a duration ago, e.g. ``3600``).
+  (``2024-06-01``, ``2024-06-01T08:00``: local time, refused when a DST
+  change skips or repeats it; ``...Z`` or ``+08:00``: that offset), or epoch
+  seconds (``1717228800``; a bare number above ``EPOCH_FLOOR`` is a moment,
+  below it a duration ago, e.g. ``3600``).
 
 Times shown to people are local ISO 8601 with the UTC offset (``iso_local``),
 never epoch floats; files for machines carry epoch seconds beside them.
@@ -80,7 +81,27 @@ def parse_moment(text: str, option: str = "time", now: float | None = None) -> f
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ValueError(f"{option}: expected {MOMENT_FORMS}; got {text!r}") from None
-    return moment.timestamp()  # a naive moment is local time
+    if moment.tzinfo is None:
+        return _local_wall_time(moment, option, text)
+    return moment.timestamp()
+
+
+def _local_wall_time(moment: datetime, option: str, text: str) -> float:
+    """A naive ISO time read as local time; refused where a DST change makes the wall clock skip it or
+    show it twice, instead of guessing an hour."""
+    first, second = moment.replace(fold=0).timestamp(), moment.replace(fold=1).timestamp()
+    offsets = [_offset(first), _offset(second)]
+    if datetime.fromtimestamp(first) != moment.replace(fold=0):  # the clocks jumped over it
+        raise ValueError(f"{option}: {text!r} does not exist in local time (the clocks skipped it for daylight "
+                         f"saving time); give it with a UTC offset, e.g. {text.strip()}{offsets[0]}")
+    if first != second:
+        raise ValueError(f"{option}: {text!r} happens twice in local time (daylight saving time ends); give it "
+                         f"with a UTC offset: {' or '.join(text.strip() + o for o in offsets)}")
+    return first
+
+
+def _offset(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).astimezone().isoformat()[-6:]  # "+02:00"
 
 
 def iso_local(epoch: float | None, timespec: str = "seconds") -> str:

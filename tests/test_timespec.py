@@ -60,6 +60,43 @@ def test_today_and_yesterday_are_local_midnights_across_a_dst_change(monkeypatch
         time.tzset()
 
 
+@pytest.fixture
+def berlin(monkeypatch):
+    if not hasattr(time, "tzset"):
+        pytest.skip("needs time.tzset to switch the zone")
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+def test_a_local_time_the_clocks_skip_is_refused_not_guessed(berlin):
+    with pytest.raises(ValueError) as refused:
+        parse_moment("2024-03-31T02:30", "--from")
+    assert str(refused.value).startswith("--from: '2024-03-31T02:30' does not exist in local time")
+    assert "give it with a UTC offset, e.g. 2024-03-31T02:30+0" in str(refused.value)
+
+
+def test_a_local_time_shown_twice_is_refused_naming_both_offsets(berlin):
+    with pytest.raises(ValueError) as refused:
+        parse_moment("2024-10-27T02:30", "--to")
+    assert str(refused.value) == ("--to: '2024-10-27T02:30' happens twice in local time (daylight saving time "
+                                  "ends); give it with a UTC offset: 2024-10-27T02:30+02:00 or "
+                                  "2024-10-27T02:30+01:00")
+    # Either one, given with its offset, is read exactly; one hour apart.
+    summer, winter = parse_moment("2024-10-27T02:30+02:00"), parse_moment("2024-10-27T02:30+01:00")
+    assert winter - summer == 3600
+    assert iso_local(summer) == "2024-10-27T02:30:00+02:00" and iso_local(winter) == "2024-10-27T02:30:00+01:00"
+
+
+def test_local_times_either_side_of_a_dst_change_are_read_in_their_own_offset(berlin):
+    assert parse_moment("2024-10-27T01:59:59") == datetime(2024, 10, 26, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+    assert parse_moment("2024-10-27T03:30") == datetime(2024, 10, 27, 2, 30, tzinfo=timezone.utc).timestamp()
+    assert parse_moment("2024-03-31T03:00") == datetime(2024, 3, 31, 1, 0, tzinfo=timezone.utc).timestamp()
+    assert parse_moment("2024-06-01") == datetime(2024, 5, 31, 22, 0, tzinfo=timezone.utc).timestamp()
+
+
 def test_bad_moments_show_every_accepted_form():
     with pytest.raises(ValueError) as refused:
         parse_moment("soon", "--since")
@@ -81,6 +118,8 @@ def test_iso_local_round_trips_and_marks_missing_times():
     (["record", "--bus", "virtual://x", "-o", "x.log", "--duration", "5m"], "duration", 300.0),
     (["record", "--bus", "virtual://x", "-o", "x.log", "--idle-timeout", "1m30s"], "idle_timeout", 90.0),
     (["monitor", "--log", "x.log", "--duration", "2m"], "duration", 120.0),
+    (["consent", "history", "--state", "s", "--since", "2d"], "since", -2 * 86400),
+    (["export", "--from", "1717228800", "--to", "now"], "start", NOW),
 ])
 def test_every_command_takes_the_same_forms(argv, dest, expected):
     """`export --from 7d` was refused while `ledger --since 7d` took it: now one parser serves both."""
@@ -99,6 +138,7 @@ def test_vehicle_sim_durations_use_the_same_parser():
     parser = frame("vehicle-sim", "", SUBCOMMANDS)
     assert parser.parse_args(["cloud", "--duration", "10m"]).duration == 600.0
     assert parser.parse_args(["generate", "--dbc", "a.dbc", "-o", "x.log", "--duration", "1h"]).duration == 3600.0
+    assert parser.parse_args(["replay", "x.log", "--to", "virtual://x", "--wait-timeout", "1m"]).wait_timeout == 60.0
 
 
 def test_a_bad_time_on_the_command_line_exits_2_naming_the_option(capsys):

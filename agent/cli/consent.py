@@ -6,6 +6,7 @@
     vehicle-agent consent zones add --lat 31.23 --lon 121.47 --radius 500 [--name home]
     vehicle-agent consent zones list | zones remove ZONE
     vehicle-agent consent per-drive on|off
+    vehicle-agent consent history [--since 30d]
 
 With the agent running, the commands go to it over its control socket (only
 its own user can connect) and take effect from the next frame.  With the agent
@@ -33,7 +34,7 @@ from agent.privacy.policy import ConsentPolicy
 from agent.privacy.purge import consent_change_handler
 from agent.privacy.store import ConsentStore
 from agent.privacy.transforms import APPROXIMATE_SIZE, LOCATION_LEVELS
-from agent.timespec import iso_local
+from agent.timespec import iso_local, moment_type
 
 
 def add_state_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +95,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     per_drive = add_command(actions, "per-drive", "on: location switches off at every ignition", parents=[common],
                             examples=("vehicle-agent consent per-drive on --config agent.yaml",))
     per_drive.add_argument("switch", choices=("on", "off"))
+    history = add_command(actions, "history", "every consent change, oldest first, with its local time",
+                          parents=[common], examples=("vehicle-agent consent history --since 30d --config agent.yaml",),
+                          description="Read from the state directory (the agent may be running).")
+    history.add_argument("--since", metavar="WHEN", type=moment_type("--since"),
+                         help="only changes since WHEN: 7d, 12h (ago), yesterday, 2024-06-01[T08:00], epoch s")
     parser.set_defaults(func=run)
 
 
@@ -133,6 +139,8 @@ def call_direct(state_dir: Path, config: ConsentConfig, cmd: str, request: dict[
 
 def run(args: argparse.Namespace) -> int:
     state_dir, config = state_from_args(args)
+    if args.consent_action == "history":
+        return _history(state_dir, args)
     cmd, request = _request(args)
     socket_path = control_socket_path(state_dir)
     try:
@@ -161,12 +169,30 @@ def _signing_key(state_dir: Path) -> str:
     return fingerprint or "not made yet (the agent makes it at its first start)"
 
 
+def _history(state_dir: Path, args: argparse.Namespace) -> int:
+    changes = [change for change in ConsentStore.in_dir(state_dir).history()
+               if args.since is None or change.time >= args.since]
+    for change in changes:
+        if args.json:
+            print(json.dumps(change.to_json(), sort_keys=True))
+        else:
+            print(f"{iso_local(change.time)}  "
+                  f"{describe_change(change.version, change.kind, change.category, change.source, change.detail)}")
+    if not changes and not args.json:
+        print("no consent changes" + (" in that period" if args.since is not None else "")
+              + f" in {state_dir}")
+    return 0
+
+
 # -- output -------------------------------------------------------------------------------
 
-def when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return iso_local(timestamp)
+def describe_change(version: int, kind: str, category: str | None, source: str, detail: dict[str, Any]) -> str:
+    """One consent change as people read it (``consent history`` and the ledger's consent entries)."""
+    extra = ", ".join(f"{k} {v}" for k, v in sorted(detail.items()) if k != "expires_at")
+    if detail.get("expires_at"):
+        extra = (extra + ", " if extra else "") + f"until {iso_local(detail['expires_at'])}"
+    subject = f" {category}" if category else ""
+    return f"consent v{version}: {kind}{subject} by {source}" + (f" ({extra})" if extra else "")
 
 
 def render_table(result: dict[str, Any]) -> str:
@@ -174,7 +200,7 @@ def render_table(result: dict[str, Any]) -> str:
     rows = [header]
     for row in result["categories"]:
         level = f"{row['level']} ({row['level_size']})" if row["level"] else "-"
-        expires = "next ignition" if row["expiry"] == "drive" else when(row["expires_at"])
+        expires = "next ignition" if row["expiry"] == "drive" else iso_local(row["expires_at"])
         rows.append((row["category"], row["state"], level, expires, row["covers"]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(f"{r[i]:<{widths[i]}}" for i in range(4)) + "  " + r[4] for r in rows]
@@ -203,7 +229,7 @@ def render(cmd: str, request: dict[str, Any], result: Any, running: bool, signin
     if cmd == "consent.grant":
         detail = result["detail"]
         level = f" at {detail['level']} ({APPROXIMATE_SIZE[detail['level']]})" if detail.get("level") else ""
-        until = "until the next ignition" if detail["expiry"] == "drive" else f"until {when(detail['expires_at'])}"
+        until = "until the next ignition" if detail["expiry"] == "drive" else f"until {iso_local(detail['expires_at'])}"
         return f"{request['category']} granted{level} {until} (consent version {result['version']}){where}"
     if cmd == "consent.revoke":
         if result is None:

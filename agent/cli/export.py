@@ -2,6 +2,7 @@
 
     vehicle-agent export --incident ID --out DIR --config agent.yaml
     vehicle-agent export --from T1 --to T2 --out DIR --config agent.yaml [--log drive.log ...]
+                         [--category CAT ...] [--signals GLOB ...]
     vehicle-agent export verify DIR [--fingerprint SHA256:... | --key vehicle.pem | --trust-file FILE]
     vehicle-agent export trust SHA256:... [--name LABEL] [--trust-file FILE]
 
@@ -25,10 +26,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from agent.cli.common import bus_map_from_config, decoder_from_config
+from agent.cli.common import bus_map_from_config, decoder_from_config, glob_filter
 from agent.cli.framework import add_command
 from agent.cli.progress import Progress, progress
 from agent.config import AgentConfig, load_config
@@ -52,6 +53,7 @@ from agent.export.writer import (
 from agent.incident.config import incident_config
 from agent.incident.store import IncidentStore
 from agent.ledger import Ledger
+from agent.model import ALL_CATEGORIES
 from agent.privacy.store import ConsentStore
 from agent.sources.log import LogSource
 from agent.timespec import iso_local, moment_type
@@ -61,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "export", "write a signed export of an incident or a time range", examples=(
         "vehicle-agent export --incident 20240601T080000-hard-brake --out ~/incident --config agent.yaml",
         "vehicle-agent export --from 7d --to now --out ~/last-week --config agent.yaml --log drive.log",
+        "vehicle-agent export --from yesterday --to today --out ~/trip --config agent.yaml --log drive.log "
+        "--signals 'Vehicle.Speed' 'EEC1.*'",
         "vehicle-agent export verify ~/incident --fingerprint SHA256:3f1c...",
     ), description="\n\n".join(__doc__.split("\n\n")[2:4]).replace("``", "'"))
     parser.add_argument("--config", metavar="FILE", help="agent configuration (state dir, DBCs, vehicle id)")
@@ -72,6 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", help="new (or empty) directory to write")
     parser.add_argument("--log", nargs="+", action="extend", default=[], metavar="FILE",
                         help="range export: recorded logs holding the frames (default: incident snapshots)")
+    parser.add_argument("--category", nargs="+", action="extend", default=[], choices=ALL_CATEGORIES,
+                        metavar="CAT", help="range export: only samples of these categories (raw frames go in whole)")
+    parser.add_argument("--signals", nargs="+", action="extend", default=[], metavar="GLOB",
+                        help="range export: only signals whose Message.Signal or VSS path matches")
     actions = parser.add_subparsers(dest="export_action", metavar="ACTION")
     verify = add_command(actions, "verify", "check an export's signature, every file, and whose key signed it",
                          examples=("vehicle-agent export verify ~/incident --key vehicle-public-key.pem",
@@ -104,8 +112,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out DIR is needed")
     config = load_config(args.config)
     if args.incident:
-        if args.end:
-            raise ValueError("--to goes with --from, not with --incident")
+        for option, given in (("--to", args.end), ("--log", args.log), ("--category", args.category),
+                              ("--signals", args.signals)):
+            if given not in (None, []):
+                raise ValueError(f"{option} goes with --from, not with --incident")
         result = _export_incident(config, args)
     elif args.start is not None and args.end is not None:
         try:
@@ -158,7 +168,10 @@ def _export_range(config: AgentConfig, args: argparse.Namespace) -> ExportResult
     state_dir = config.resolve(config.state.dir)
     if args.log:
         bus_map = bus_map_from_config(config)
-        frames = [item for path in args.log for item in LogSource(path, bus_map=bus_map)]
+        frames = []
+        for path in args.log:
+            with progress(f"read {Path(path).name}") as bar:
+                frames += _counted(LogSource(path, bus_map=bus_map), bar)
     else:
         store = _store(config)
         seen = set()
@@ -181,10 +194,11 @@ def _export_range(config: AgentConfig, args: argparse.Namespace) -> ExportResult
     with progress(f"export {iso_local(start)} .. {iso_local(end)}", total=len(frames)) as bar:
         return export_range(_counted(frames, bar), decoder_from_config(config), start, end, args.out,
                             load_or_create_key(state_dir), _dbc_paths(config), _history(state_dir), entries,
-                            config.vehicle.id, ledger_head=ledger.head())
+                            config.vehicle.id, categories=args.category or None, ledger_head=ledger.head(),
+                            signals=glob_filter(args.signals), signals_asked=" ".join(args.signals))
 
 
-def _counted(frames: list, bar: Progress) -> Iterator:
+def _counted(frames: Iterable, bar: Progress) -> Iterator:
     for item in frames:
         bar.advance()
         yield item

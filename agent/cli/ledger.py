@@ -16,7 +16,7 @@ import argparse
 import json
 from typing import Any
 
-from agent.cli.consent import add_state_arguments, state_from_args, when
+from agent.cli.consent import add_state_arguments, describe_change, state_from_args
 from agent.cli.framework import add_command
 from agent.export.anchor import signing_key_fingerprint
 from agent.ledger import Ledger, LedgerEntry
@@ -58,18 +58,13 @@ def describe(entry: LedgerEntry) -> str:
 def _describe(entry: LedgerEntry) -> str:
     f = entry.fields
     if entry.kind == "upload":
-        span = f"{when(f['first'])} .. {when(f['last'])}" if f.get("first") is not None else "-"
+        span = f"{iso_local(f['first'])} .. {iso_local(f['last'])}" if f.get("first") is not None else "-"
         bench = " BENCH" if f.get("bench") else ""
         return (f"sent {f['signals']} values of {_categories(f)} ({span}), level {f.get('level') or 'exact'}, "
                 f"{f['bytes']} bytes, sha256 {str(f['sha256'])[:16]}.. to {f['broker']} "
                 f"(batch {f['batch']}, consent v{f['consent_version']}){bench}")
     if entry.kind == "consent_change":
-        detail = f.get("detail") or {}
-        extra = ", ".join(f"{k} {v}" for k, v in sorted(detail.items()) if k not in ("expires_at",))
-        if detail.get("expires_at"):
-            extra = (extra + ", " if extra else "") + f"until {when(detail['expires_at'])}"
-        subject = f" {f['category']}" if f.get("category") else ""
-        return f"consent v{f['version']}: {f['change']}{subject} by {f['source']}" + (f" ({extra})" if extra else "")
+        return describe_change(f["version"], f["change"], f.get("category"), f["source"], f.get("detail") or {})
     if entry.kind == "purge":
         return f"purged {f['batches']} unsent batch(es) of {_categories(f)} ({f['reason']})"
     if entry.kind == "may_have_left":

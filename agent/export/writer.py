@@ -36,7 +36,7 @@ from typing import Any
 import can
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.decode import Decoder
+from agent.decode import Decoder, SignalFilter
 from agent.export.gpx import Sample, track_points, write_gpx
 from agent.export.signing import fingerprint, public_pem, sign
 from agent.incident.store import IncidentStore, write_candump
@@ -83,15 +83,17 @@ class ExportResult:
     fingerprint: str
 
 
-def samples_from_frames(frames: Iterable[DecodedFrame], specs: Mapping[str, SignalSpec]) -> list[Sample]:
-    """Physical samples of decoded frames, in frame order (signals in the frame's order)."""
+def samples_from_frames(frames: Iterable[DecodedFrame], specs: Mapping[str, SignalSpec],
+                        wanted: SignalFilter | None = None) -> list[Sample]:
+    """Physical samples of decoded frames, in frame order (signals in the frame's order); only the signals
+    ``wanted`` accepts, when given."""
     samples = []
     for frame in frames:
         prefix = frame.message + "."
         timestamp = round(frame.timestamp, 6)
         for name, raw in frame.raw.items():
             spec = specs.get(prefix + name)
-            if spec is None:
+            if spec is None or (wanted is not None and not wanted(spec)):
                 continue
             samples.append(Sample(timestamp, frame.bus, spec.key, spec.vss_path, spec.to_physical(raw), spec.unit,
                                   spec.label(raw), spec.category))
@@ -252,8 +254,7 @@ def outside_span(start: float, end: float, first: float, last: float, available:
             f"{available} available span {iso_local(first)} .. {iso_local(last)}")
 
 
-def _why_empty(seen: _Span, kept: Sequence, decoded: Sequence, wanted: frozenset[str] | None, start: float,
-               end: float) -> str:
+def _why_empty(seen: _Span, kept: Sequence, decoded: Sequence, filters: str, start: float, end: float) -> str:
     asked = f"{iso_local(start)} .. {iso_local(end)}"
     if seen.frames == 0:
         return (f"nothing to export for {asked}: there are no raw frames at all (the car keeps raw frames only "
@@ -263,18 +264,22 @@ def _why_empty(seen: _Span, kept: Sequence, decoded: Sequence, wanted: frozenset
     if not decoded:
         return (f"nothing to export for {asked}: {len(kept)} frames are in the range but none decodes with the "
                 "configured DBC files")
-    return (f"nothing to export for {asked}: {len(decoded)} frames decode in the range, but no sample is in the "
-            f"categories asked for ({', '.join(sorted(wanted or ()))})")
+    if not filters:
+        return f"nothing to export for {asked}: {len(decoded)} frames decode in the range but carry no signal"
+    return (f"nothing to export for {asked}: {len(decoded)} frames decode in the range, but no sample passes "
+            f"the filters asked for ({filters})")
 
 
 def export_range(frames: Iterable[tuple[str, can.Message]], decoder: Decoder, start: float, end: float,
                  out_dir: str | Path, signing_key: Ed25519PrivateKey, dbc_paths: Sequence[str | Path],
                  consent_history: Sequence[Mapping[str, Any]] = (), ledger_entries: Sequence[Mapping[str, Any]] = (),
                  vehicle_id: str = "", categories: Iterable[str] | None = None,
-                 ledger_head: Mapping[str, Any] | None = None) -> ExportResult:
+                 ledger_head: Mapping[str, Any] | None = None, signals: SignalFilter | None = None,
+                 signals_asked: str = "") -> ExportResult:
     """Raw frames with start <= t <= end (e.g. from recorded logs or snapshots), decoded with ``decoder``.
 
-    ``categories`` limits the decoded samples (the raw frames are the owner's and go in whole).
+    ``categories`` and ``signals`` (a filter on the signal specs; ``signals_asked`` names it, e.g. the
+    ``--signals`` globs) limit the decoded samples; the raw frames are the owner's and go in whole.
     """
     if not end >= start:
         raise ExportError(f"--to ({_utc(end)}) is before --from ({_utc(start)})")
@@ -292,14 +297,17 @@ def export_range(frames: Iterable[tuple[str, can.Message]], decoder: Decoder, st
             decoded.append(frame)
     kept.sort(key=lambda item: item[1].timestamp)
     decoded.sort(key=lambda frame: frame.timestamp)
-    samples = samples_from_frames(decoded, decoder.specs)
+    samples = samples_from_frames(decoded, decoder.specs, signals)
     if wanted is not None:
         samples = [s for s in samples if s.category in wanted]
     if not samples:
-        raise NothingToExport(_why_empty(seen, kept, decoded, wanted, start, end))
+        filters = [f"categories {', '.join(sorted(wanted))}"] if wanted is not None else []
+        filters += [f"signals {signals_asked or 'filter'}"] if signals is not None else []
+        raise NothingToExport(_why_empty(seen, kept, decoded, "; ".join(filters), start, end))
     content = ExportContent(kind="range", start=start, end=end, frames=kept, samples=samples,
                             dbc_paths=[Path(p) for p in dbc_paths], consent_history=consent_history,
                             ledger_entries=ledger_entries, vehicle_id=vehicle_id,
                             details={"categories": sorted(wanted) if wanted is not None else "all",
+                                     **({"signals": signals_asked or "filtered"} if signals is not None else {}),
                                      "ledger_head": dict(ledger_head) if ledger_head else None})
     return write_export(content, out_dir, signing_key)

@@ -38,7 +38,11 @@ def bundled_input() -> DemoInput:
 
 
 def log_input(log: Path, dbcs: list[Path]) -> DemoInput:
-    """Any log: every DBC applies to every bus the log has (found by reading it once)."""
+    """Any log: every DBC applies to every bus the log has (found by reading it once).
+
+    Absolute paths: the simulator process runs in the work directory, and the generated config's
+    relative paths would resolve against its own folder, not where the command was typed."""
+    log, dbcs = log.resolve(), [dbc.resolve() for dbc in dbcs]
     probe = _count(DemoInput(log, {}, {}))
     return DemoInput(log, {bus: list(dbcs) for bus in probe.frames_per_bus}, {}, probe.frames_per_bus)
 
@@ -70,7 +74,7 @@ def write_config(demo: DemoInput, workdir: Path, socketcand_port: int, broker_po
             f"    options: {{host: 127.0.0.1, port: {socketcand_port}}}",
         ]
     lines += [
-        f"state: {{dir: {q(str(workdir / 'state'))}}}",
+        f"state: {{dir: {q(str(workdir.resolve() / 'state'))}}}",
         "batching: {max_age_s: 5}",
         "uplink:",
         "  region: cn-demo",
