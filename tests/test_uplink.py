@@ -166,16 +166,26 @@ def test_broker_outage_mid_replay_loses_nothing_and_drains_by_priority(mosquitto
     assert report["batches"] == total and report["corrupt"] == 0 and report["gaps"] == 0
     assert report["samples"] == sum(len(row.values) for row in routed_rows(shared_data).rows)
 
-    order = arrivals(receiver)
-    # Per-stream order kept: within each stream, sequence numbers arrive increasing.
+    # The order asserted is the agent's own: the order it took batches out of the store to publish.  The
+    # receiver's arrival order is the broker's: across a restart Mosquitto may deliver a message published
+    # after the restart ahead of one still queued for the receiver's persistent session (seen in CI: telemetry
+    # seq 74 stored before 72), and the receiver orders by (boot, seq), so only completeness is its to check.
+    sent_order = list(dict.fromkeys(recording.handed))  # each batch at its first hand-out
+    assert set(sent_order) == set(replay.batch_ids)
+    stored = {(boot, seq) for boot, seq, _, _ in arrivals(receiver)}
+    assert len(stored) == total
+    # Per-stream order kept: within each stream, sequence numbers are handed out increasing.
+    by_id = {b.id: b for b in backlog}
+    backlog_sent = [by_id[i] for i in sent_order if i in by_id]
     for stream in PRIORITIES:
-        seqs = [seq for _, seq, s, _ in order if s == stream]
+        seqs = [b.seq for b in backlog_sent if b.stream == stream]
         assert seqs == sorted(seqs), stream
     # The backlog (batches never handed out before the restart) drained incident > events > telemetry,
     # oldest first within a priority.
-    fresh = {(b.boot_id, b.seq) for b in backlog if b.id not in handed_before_restart}
-    drained = [(priority, seq) for boot, seq, _, priority in order if (boot, seq) in fresh]
-    assert len(drained) == len(fresh) > 20
+    fresh = [b for b in backlog_sent if b.id not in handed_before_restart]
+    drained = [(b.priority, b.seq) for b in fresh]
+    assert {(b.boot_id, b.seq) for b in fresh} <= stored
+    assert len(drained) > 20
     assert drained == sorted(drained, key=lambda item: (-item[0], item[1]))
     assert {priority for priority, _ in drained} == set(PRIORITIES.values())
 
