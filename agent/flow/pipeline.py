@@ -42,8 +42,10 @@ class BatchingOptions:
 # A frame whose timestamp is this much ahead of its bus's newest one is a clock step (RTC set by GNSS,
 # logger clock jump); a step back counts from the collection plan's clock_reset_s.
 CLOCK_JUMP_AHEAD_S = 60.0
-# Frame timestamps outside [0, year 2400] in seconds (NaN and inf included) come from a broken adapter or log.
-_EARLIEST, _LATEST = 0.0, 13_569_465_600.0
+# A log's own clock may start at 0, reset, or go negative (the shared Kona 2020 log does): such frames are kept
+# and the steps counted.  Refused is only what no stage can place in time: NaN, inf, and magnitudes past
+# year 2400 (the batch format's microsecond integers have no room for them).
+_LIMIT_S = 13_569_465_600.0
 
 
 @dataclass
@@ -76,7 +78,7 @@ class Pipeline:
     def feed(self, bus: str, msg: can.Message) -> None:
         self.counters.frames_in += 1
         timestamp = msg.timestamp
-        if not _EARLIEST <= timestamp <= _LATEST:  # NaN, inf or absurd: no stage could place it in time
+        if not -_LIMIT_S <= timestamp <= _LIMIT_S:  # NaN, inf or absurd: no stage could place it in time
             self.counters.bad_timestamps += 1
             return
         newest = self._newest.get(bus)
