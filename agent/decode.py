@@ -96,6 +96,11 @@ class Decoder:
                         spec = spec_for(message, signal, self._catalog)
                         self.specs.setdefault(spec.key, spec)
 
+    @property
+    def wanted(self) -> SignalFilter | None:
+        """The signal filter this decoder was made with (None: every signal)."""
+        return self._wanted
+
     # -- routing tables, built per bus on first sight of the bus -------------------
     def _route(self, message: Message) -> _Route | None:
         if self._wanted is None:

@@ -26,27 +26,40 @@ def edge_logs(shared_data):
 def test_every_edge_case_log_decodes_or_names_the_file(shared_data, tmp_path, capsys):
     files = edge_logs(shared_data)
     assert len(files) > 30
-    outcomes = {}
+    outcomes, strict_outcomes, errors = {}, {}, {}
     for path in files:
         out = tmp_path / (path.name + ".jsonl")
-        code = main(["decode", str(path), "--dbc", str(shared_data / GPS_DBC), "--format", "jsonl", "-o", str(out)])
-        err = capsys.readouterr().err
-        assert "Traceback" not in err
-        assert code in (0, 1, 2), path
-        if code != 0:
-            assert str(path) in err, err
-        outcomes[path.name] = code
-    # Known damaged or unsupported inputs are reported as errors, truncated ones saying so ...
-    for name in ("kona_candump_truncated_midline.log", "LICENSE.txt", "kona_srscm_bench_gvret.csv",
-                 "css_nissan_leaf_blf_header_only.blf", "css_nissan_leaf_blf_truncated_60pct.blf",
-                 "css_truck_asc_truncated_no_end_triggerblock.asc"):
-        assert outcomes[name] == 2, name
-    # ... logs without a single frame fail too (exit 1), ...
+        for strict, seen in ((False, outcomes), (True, strict_outcomes)):
+            code = main(["decode", str(path), "--dbc", str(shared_data / GPS_DBC), "--format", "jsonl", "-o",
+                         str(out), *(["--strict"] if strict else [])])
+            err = capsys.readouterr().err
+            assert "Traceback" not in err
+            assert code in (0, 1, 2), path
+            if code != 0:
+                assert str(path) in err or "no frame decoded" in err, err
+            seen[path.name] = code
+            if not strict:
+                errors[path.name] = err
+    damaged = ("kona_candump_truncated_midline.log", "css_nissan_leaf_blf_truncated_60pct.blf",
+               "css_truck_asc_truncated_no_end_triggerblock.asc")
+    # --strict: known damaged or unsupported inputs are errors (exit 2), truncated ones saying so ...
+    for name in (*damaged, "LICENSE.txt", "kona_srscm_bench_gvret.csv", "css_nissan_leaf_blf_header_only.blf"):
+        assert strict_outcomes[name] == 2, name
+    # ... by default a damaged log is used up to the damage and the damage is a warning naming the file ...
+    for name in damaged:
+        assert "warning" in errors[name] and ("ended early" in errors[name] or "cut off" in errors[name]), name
+        assert outcomes[name] in (0, 1) and "decoded 0 of 0 frames" not in errors[name], errors[name]
+    assert outcomes["LICENSE.txt"] == 2  # not a log format at all
+    assert outcomes["kona_srscm_bench_gvret.csv"] == 1 and "every line with content is damaged" in \
+        errors["kona_srscm_bench_gvret.csv"]
+    # ... logs without a single frame fail (exit 1), ...
     for name in ("empty.asc", "empty.blf", "empty.csv", "empty.log", "empty.trc"):
-        assert outcomes[name] == 1, name
-    # ... and readable ones decode.
+        assert outcomes[name] == strict_outcomes[name] == 1, name
+    # ... and readable ones are read: exit 1 only because the GPS DBC decodes none of their frames, which is
+    # said, not passed off as success.
     for name in ("issue_1256.asc", "test_CanFdMessage64.blf", "test_CanMessage_V2_1.trc"):
-        assert outcomes[name] == 0, name
+        assert outcomes[name] == 1 and "no frame decoded" in errors[name], name
+        assert "decoded 0 of 0 " not in errors[name] and " of 0 frames" not in errors[name]
 
 
 def test_truncated_log_keeps_frames_before_the_damage(shared_data):
@@ -62,11 +75,17 @@ def test_truncated_log_keeps_frames_before_the_damage(shared_data):
     assert "after 1000 frames" in str(info.value)
 
 
-def test_truncated_log_decode_output_is_kept(shared_data, tmp_path, capsys):
+@pytest.mark.parametrize("strict", [False, True])
+def test_truncated_log_decode_output_is_kept(shared_data, tmp_path, capsys, strict):
     path = shared_data / "edge_cases/derived_truncated/kona_candump_truncated_midline.log"
     out = tmp_path / "kept.jsonl"
     dbc = shared_data / "dbc/kona-ev-dbc/derived/pcan.patched_BS_BU.dbc"
-    assert main(["decode", str(path), "--dbc", str(dbc), "--format", "jsonl", "-o", str(out)]) == 2
+    code = main(["decode", str(path), "--dbc", str(dbc), "--format", "jsonl", "-o", str(out),
+                 *(["--strict"] if strict else [])])
+    err = capsys.readouterr().err
+    # --strict stops with an error; by default the cut last line is skipped, said, and the decode succeeds.
+    assert code == (2 if strict else 0)
+    assert f"{path}:1001" in err and ("cut off" in err or "damaged" in err), err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) > 1000  # samples of the 1000 good frames (several signals each)
     line_1000 = path.read_text().splitlines()[999]
@@ -104,17 +123,22 @@ def test_a_truncated_blf_says_what_was_read_and_where_it_ended(shared_data, tmp_
     assert code == 0 and "ended early" not in err
     size = full.stat().st_size
     cut = _copy(shared_data, NISSAN_BLF, tmp_path / "half.blf", keep=size // 2)
-    code, err, records = _decode(capsys, cut, dbc)
+    code, err, records = _decode(capsys, cut, dbc, "--strict")
     assert code == 2 and "Traceback" not in err
     assert re.search(rf"{re.escape(str(cut))}: read (\d+) frames; the file ended early \(truncated BLF object at "
                      rf"byte \d+; the file ends at byte {size // 2}\)", err), err
     # What was read before the cut is kept, and it is exactly the beginning of the whole log.
     assert 0 < len(records) < len(complete) and records == complete[:len(records)]
+    # Without --strict the same frames are decoded and the damage is a warning: a binary log cannot be read
+    # past it, but what was read is used.
+    code, err, lenient = _decode(capsys, cut, dbc)
+    assert code == 0 and "warning:" in err and "the file ended early (truncated BLF object" in err, err
+    assert lenient == records
     header_only = _copy(shared_data, NISSAN_BLF, tmp_path / "header_only.blf", keep=144)
-    code, err, _ = _decode(capsys, header_only, dbc)
+    code, err, _ = _decode(capsys, header_only, dbc, "--strict")
     assert code == 2 and f"read 0 frames; the file ended early (its header says {size} bytes" in err
     torn_header = _copy(shared_data, NISSAN_BLF, tmp_path / "torn_header.blf", keep=100)
-    code, err, _ = _decode(capsys, torn_header, dbc)
+    code, err, _ = _decode(capsys, torn_header, dbc, "--strict")
     assert code == 2 and "the BLF file header is cut off at byte 100" in err
 
 
@@ -126,13 +150,16 @@ def test_a_truncated_asc_says_what_was_read_and_where_it_ended(shared_data, tmp_
     mid_data = tmp_path / "mid_data.asc"
     mid_data.write_bytes(b"".join(lines[:3000]) + lines[3000][:-12])
     dbc = shared_data / J1939_DBC  # the first lines are the truck's J1939 bus
-    code, err, first = _decode(capsys, whole_lines, dbc, "--j1939")
+    code, err, first = _decode(capsys, whole_lines, dbc, "--j1939", "--strict")
     assert code == 2 and f"{whole_lines}: read 2995 frames; the file ended early (no 'End TriggerBlock' after " \
         "line 3000)" in err, err
     assert first
-    code, err, again = _decode(capsys, mid_data, dbc, "--j1939")
+    code, err, again = _decode(capsys, mid_data, dbc, "--j1939", "--strict")
     assert code == 2 and f"{mid_data}: read 2995 frames; the file ended early (line 3001 cut off)" in err, err
     assert again == first  # the cut frame is not decoded from half its bytes
+    code, err, lenient = _decode(capsys, mid_data, dbc, "--j1939")
+    assert code == 0 and f"{mid_data}:3001: cut off" in err and "warning:" in err, err
+    assert lenient == first
 
 
 def test_garbage_and_other_formats_named_asc_say_so(shared_data, tmp_path, capsys):

@@ -46,7 +46,10 @@ def test_help_has_a_description_and_a_runnable_example(path, parser):
     epilog = parser.epilog or ""
     assert epilog.startswith("examples:\n"), f"{' '.join(path)}: no examples"
     examples = [line.strip() for line in epilog.split("\n\n")[0].splitlines()[1:]]
-    assert examples and all(line.startswith(path[0] + " " + path[1]) or line.startswith("systemctl ")
-                            for line in examples), examples
-    assert any(line.startswith(" ".join(path)) for line in examples), f"no example runs {' '.join(path)}"
+    # A command may sit in a pipe: "candump -L can0 | vehicle-agent decode - ...", "... --json | jq".
+    command = path[0] + " " + path[1]
+    assert examples and all(any(part.startswith(command) for part in line.split(" | "))
+                            or line.startswith("systemctl ") for line in examples), examples
+    assert any(part.startswith(" ".join(path)) for line in examples for part in line.split(" | ")), \
+        f"no example runs {' '.join(path)}"
     assert "examples:" in text

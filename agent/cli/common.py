@@ -10,11 +10,13 @@ import fnmatch
 from collections.abc import Callable
 
 from agent.catalog import load_catalogs
+from agent.cli.logread import open_log
 from agent.config import AgentConfig, load_config
 from agent.dbc import LoadedDbc, load_dbc
 from agent.decode import ALL_DBCS, Decoder
 from agent.flow.parts import decoder_from_config
 from agent.model import SignalSpec
+from agent.sources.candump_text import CandumpTextSource
 from agent.sources.log import LogSource
 
 
@@ -77,10 +79,11 @@ def bus_map_from_config(config: AgentConfig) -> dict[str, str]:
     return {str(bus.log_channel if bus.log_channel is not None else bus.name): bus.name for bus in config.buses}
 
 
-def log_source_from_args(args: argparse.Namespace, config: AgentConfig | None = None) -> LogSource:
+def log_source_from_args(args: argparse.Namespace, config: AgentConfig | None = None) -> LogSource | CandumpTextSource:
+    """The command's LOG (``-``: standard input), channels named by the config's buses and ``--bus-map``."""
     bus_map = bus_map_from_config(config) if config else {}
     bus_map.update(parse_bus_map(args.bus_map))
-    return LogSource(args.log, bus_map=bus_map)
+    return open_log(args, bus_map)
 
 
 def maybe_config(path: str | None) -> AgentConfig | None:

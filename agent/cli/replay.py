@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_from_args
 from agent.cli.framework import add_command
+from agent.cli.logread import add_log_arguments, frames, nothing_matched, report_reading, say_hints
 from agent.config import load_config
 from agent.flow.build import BuildOptions, build
 from agent.flow.parts import collection_plan
@@ -19,10 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "replay", "run decode -> collect -> consent -> batch -> buffer on a log (no live bus)",
         examples=("vehicle-agent replay drive.asc --config agent.yaml --buffer replay.db",
-                  "vehicle-agent replay kona.log --dbc dbc/kona-ev/comp_can.dbc --buffer bench.db --grant-all --json"),
+                  "vehicle-agent replay kona.log --dbc dbc/kona-ev/comp_can.dbc --buffer bench.db --grant-all --json",
+                  "candump -L can0 | vehicle-agent replay - --config agent.yaml --buffer live.db"),
         description="Without --config every signal is collected at full rate into one stream. Consent applies: "
                     "by default nothing personal is buffered for upload; --grant-all marks a bench run.")
-    parser.add_argument("log", metavar="LOG")
+    add_log_arguments(parser)
     add_dbc_arguments(parser, required=False)
     parser.add_argument("--config", help="agent config (buses, DBCs, collection rules, consent)")
     parser.add_argument("--buffer", required=True, metavar="DB", help="buffer database to fill (SQLite)")
@@ -47,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
     consent = stages.core.consent
     source = log_source_from_args(args, config)
     start = time.perf_counter()
+    feed = pipeline.feed
     try:
-        for bus, msg in source:
-            pipeline.feed(bus, msg)
+        for bus, msg in frames(source, f"replay {args.log}"):
+            feed(bus, msg)
     finally:
         pipeline.flush()
         if sidecars is not None:
@@ -65,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
         if source.stats.warning:
             summary["log_warning"] = source.stats.warning
         store.close()
+        report_reading("replay", source)
         _print(summary, args.json, consent.policy.bench)
-    return 0
+    decoded = sum(counts["decoded"] for counts in summary["decode"].values())
+    hints = nothing_matched(args, source, pipeline.decoder)
+    return say_hints("replay", hints, nothing_decoded=decoded == 0 and not source.stats.warning)
 
 
 def _print(summary: dict, as_json: bool, bench: bool) -> None:

@@ -8,6 +8,7 @@ import sys
 
 from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_from_args
 from agent.cli.framework import add_command
+from agent.cli.logread import add_log_arguments, frames, nothing_matched, report_reading, say_hints
 from agent.decode import Decoder
 
 
@@ -15,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "stats", "per-message counts and decode coverage of a log", examples=(
         "vehicle-agent stats drive.asc --dbc 0=truck.dbc 1=gps.dbc --bus-map 0=truck,1=gps",
         "vehicle-agent stats kona.log --dbc dbc/kona-ev/comp_can.dbc --json",
-    ))
-    parser.add_argument("log", metavar="LOG")
+        "candump -L can0 | vehicle-agent stats - --dbc vehicle.dbc",
+    ), description="Damaged lines are skipped and counted (file:line named) unless --strict.")
+    add_log_arguments(parser)
     add_dbc_arguments(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run)
@@ -35,16 +37,22 @@ def coverage(decoder: Decoder) -> dict[str, dict]:
 def run(args: argparse.Namespace) -> int:
     decoder = decoder_from_args(args)
     source = log_source_from_args(args)
-    for bus, msg in source:
-        decoder.decode(msg, bus)
+    decode = decoder.decode
+    for bus, msg in frames(source, f"stats {args.log}"):
+        decode(msg, bus)
     report = coverage(decoder)
+    report_reading("stats", source)
     warning = source.stats.warning  # read to its end without a frame: there are no statistics to give
     if warning:
         print(f"vehicle-agent stats: error: {warning}", file=sys.stderr)
+    hints = [] if warning else nothing_matched(args, source, decoder)
+    decoded = sum(info["counters"]["decoded"] for info in report.values())
     if args.json:
-        print(json.dumps({"log": str(args.log), "buses": report, **({"error": warning} if warning else {})},
-                         indent=2))
-        return 1 if warning else 0
+        reading = {"damaged_lines": source.stats.damaged, "damaged_at": source.stats.damaged_at,
+                   **({"read_error": source.stats.error} if source.stats.error else {})}
+        print(json.dumps({"log": str(args.log), "buses": report, "reading": reading, "hints": hints,
+                          **({"error": warning} if warning else {})}, indent=2))
+        return 1 if warning else say_hints("stats", hints, nothing_decoded=decoded == 0)
     if warning:
         return 1
     for bus, info in report.items():
@@ -54,4 +62,4 @@ def run(args: argparse.Namespace) -> int:
         width = max((len(n) for n in info["messages"]), default=0)
         for name, n in sorted(info["messages"].items(), key=lambda kv: -kv[1]):
             print(f"  {name:<{width}}  {n:>8}")
-    return 0
+    return say_hints("stats", hints, nothing_decoded=decoded == 0)

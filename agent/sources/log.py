@@ -12,6 +12,12 @@ goes): this module notices, keeps the frames before the damage and reports
 yields no frame at all is not an error of the reader, but it is said
 (``stats.warning``: "no CAN frames in N bytes (not an ASC log?)").
 
+With ``skip_damaged`` a damaged line of a text log (candump, ASC, TRC, CSV) is
+skipped and counted instead: the reader starts again after it, seeing the
+file's header lines once more (an ASC reader needs its "base hex" and
+"Begin Triggerblock" to read on), and ``stats.damaged`` says where.  Binary
+logs (BLF, MF4) cannot be resumed past damage; they stop there as before.
+
 Channel -> bus naming when no mapping is given: candump keeps its names
 (``can0``, ``pcan``); numbered channels are normalised to ``can<N>`` counting
 from 0 (ASC and BLF already count from 0, TRC counts from 1); CSV has no
@@ -41,22 +47,51 @@ class LogError(ValueError):
     """A log that cannot be read (further); names the file and, if known, the line."""
 
 
+MAX_DAMAGE_PLACES = 10  # damaged lines named one by one in stats.damaged_at; the rest are counted
+
+
 class _CountingFile:
     """Text file proxy that counts the lines handed to the reader, notices a last line cut off (no
-    newline) and, for ASC, whether a "Begin Triggerblock" is still open (no "End TriggerBlock" yet)."""
+    newline) and, for ASC, whether a "Begin Triggerblock" is still open (no "End TriggerBlock" yet).
+
+    Until the first frame it keeps the lines read (``head``): the header a restarted reader is shown
+    again (``replay``) after a damaged line.  ``close`` is left to the owner: readers close their file
+    when they stop, and a restarted reader reads on from the same one."""
 
     def __init__(self, file: Any, asc: bool = False) -> None:
         self._file = file
         self._asc = asc
         self.line = 0
+        self.chars = 0
         self.cut = False
         self.open_block: bool | None = None  # None: no trigger block seen
+        self.head: list[str] | None = []  # None once the first frame is read
+        self.preamble: list[str] = []
+        self._replay: list[str] = []
 
     def __iter__(self) -> _CountingFile:
         return self
 
+    def replay(self, lines: list[str]) -> None:
+        self._replay = list(lines)
+
+    def first_frame_read(self) -> None:
+        """The lines before the one the first frame came from are the header."""
+        if self.head is not None:
+            self.head = self.head[:-1]
+            self.preamble, self.head = self.head, None
+
+    def close(self) -> None:
+        pass
+
+    def close_file(self) -> None:
+        self._file.close()
+
     def _saw(self, line: str) -> str:
+        if self.head is not None:
+            self.head.append(line)
         self.line += 1
+        self.chars += len(line)
         self.cut = not line.endswith("\n")
         if self._asc and line[:1] in ("B", "b", "E", "e"):
             words = line.strip().lower()
@@ -67,9 +102,13 @@ class _CountingFile:
         return line
 
     def __next__(self) -> str:
+        if self._replay:
+            return self._replay.pop(0)
         return self._saw(next(self._file))
 
     def readline(self, *args: Any) -> str:
+        if self._replay:
+            return self._replay.pop(0)
         line = self._file.readline(*args)
         return self._saw(line) if line else line
 
@@ -137,7 +176,8 @@ def log_suffix(path: Path) -> tuple[str, bool]:
     return suffixes[-1], False
 
 
-def _bus_name(channel: Any, suffix: str, bus_map: dict[str, str]) -> str:
+def bus_name(channel: Any, suffix: str, bus_map: dict[str, str]) -> str:
+    """The bus a log channel is called by (``bus_map`` first, then the defaults in the module docstring)."""
     key = "" if channel is None else str(channel)
     if key in bus_map:
         return bus_map[key]
@@ -156,6 +196,18 @@ class LogStats:
     # Set when the log was read to its end without a frame: "FILE: no CAN frames in N bytes (...)".
     warning: str | None = None
     buses: dict[str, int] = field(default_factory=dict)
+    # Damaged lines skipped (skip_damaged): how many, and the first MAX_DAMAGE_PLACES as "FILE:LINE: why".
+    damaged: int = 0
+    damaged_at: list[str] = field(default_factory=list)
+
+    def damage_note(self) -> str | None:
+        """One sentence on the lines skipped, for the commands' standard error."""
+        if not self.damaged:
+            return None
+        more = f" and {self.damaged - len(self.damaged_at)} more" if self.damaged > len(self.damaged_at) else ""
+        lines = "line" if self.damaged == 1 else "lines"
+        return (f"skipped {self.damaged} damaged {lines} (kept the {_frames(self.frames)} around them): "
+                + "; ".join(self.damaged_at) + more + " (--strict stops at the first)")
 
 
 class LogSource:
@@ -165,13 +217,18 @@ class LogSource:
     ``canN``, or ``*`` for all) to a bus name.  With ``strict`` a damaged file
     raises ``LogError`` after yielding every frame read before the damage;
     otherwise the error is kept in ``stats.error`` and iteration just ends.
+    With ``skip_damaged`` a damaged text line is skipped and counted
+    (``stats.damaged``) and reading goes on after it.
     """
 
-    def __init__(self, path: str | Path, bus_map: dict[str, str] | None = None, strict: bool = True) -> None:
+    def __init__(self, path: str | Path, bus_map: dict[str, str] | None = None, strict: bool = True,
+                 skip_damaged: bool = False) -> None:
         self.path = Path(path)
         self.bus_map = dict(bus_map or {})
         self.strict = strict
+        self.skip_damaged = skip_damaged
         self.stats = LogStats()
+        self._position: Any = None
         self.suffix, self.compressed = log_suffix(self.path)
         if self.suffix not in MESSAGE_READERS:
             raise LogError(
@@ -201,7 +258,9 @@ class LogSource:
             file = self._open()
             reader = MESSAGE_READERS[self.suffix](file)
         except Exception as exc:
-            if file is not None and not isinstance(file, str):
+            if isinstance(file, _CountingFile):
+                file.close_file()
+            elif file is not None and not isinstance(file, str):
                 file.close()
             if isinstance(exc, ImportError):
                 raise LogError(f"{self.path}: reading {self.suffix} needs an optional package: {exc}") from None
@@ -211,40 +270,94 @@ class LogSource:
             return
         counting = file if isinstance(file, _CountingFile) else None
         probe = file if isinstance(file, _BinaryProbe) else None
+        self._position = counting or probe
+        try:
+            yield from self._read(reader, counting, probe, size)
+        finally:
+            if counting is not None:
+                counting.close_file()
+
+    @property
+    def position(self) -> int | None:
+        """How far into the file reading has got (characters of a text log, bytes of a BLF); None where the
+        reader does not say (MF4) or before reading."""
+        where = self._position
+        if where is None:
+            return None
+        return where.chars if isinstance(where, _CountingFile) else where.position
+
+    @property
+    def size(self) -> int | None:
+        """The total ``position`` goes to (the file's size), None for a compressed file."""
+        return None if self.compressed or self.suffix == ".mf4" else self.path.stat().st_size
+
+    def _read(self, reader: Any, counting: _CountingFile | None, probe: _BinaryProbe | None,
+              size: int) -> Iterator[tuple[str, can.Message]]:
         names: dict[Any, str] = {}
         buses = self.stats.buses
         cut_off = None
-        try:
-            with reader:
-                for msg in reader:
-                    if counting is not None and counting.cut and self._from_a_cut_line(msg):
-                        cut_off = f"line {counting.line} cut off"
-                        break
-                    channel = msg.channel
-                    bus = names.get(channel)
-                    if bus is None:
-                        bus = names[channel] = _bus_name(channel, self.suffix, self.bus_map)
-                    msg.channel = bus
-                    self.stats.frames += 1
-                    buses[bus] = buses.get(bus, 0) + 1
-                    yield bus, msg
-        except GeneratorExit:
-            raise
-        except Exception as exc:
-            detail = _blf_detail(probe, None)
-            if detail:
-                self._fail(f"{self.path}: read {_frames(self.stats.frames)}; the file ended early ({detail})")
+        last_damaged = -1
+        while True:
+            try:
+                with reader:
+                    for msg in reader:
+                        if counting is not None:
+                            if counting.cut and self._from_a_cut_line(msg):
+                                cut_off = f"line {counting.line} cut off"
+                                break
+                            if counting.head is not None:
+                                counting.first_frame_read()
+                        channel = msg.channel
+                        bus = names.get(channel)
+                        if bus is None:
+                            bus = names[channel] = bus_name(channel, self.suffix, self.bus_map)
+                        msg.channel = bus
+                        self.stats.frames += 1
+                        buses[bus] = buses.get(bus, 0) + 1
+                        yield bus, msg
+            except GeneratorExit:
+                raise
+            except Exception as exc:
+                detail = _blf_detail(probe, None)
+                if detail:
+                    self._fail(f"{self.path}: read {_frames(self.stats.frames)}; the file ended early ({detail})")
+                    return
+                # A restarted reader that fails again without reading a line fails on the header: stop there.
+                if self.skip_damaged and counting is not None and counting.line > last_damaged:
+                    last_damaged = counting.line
+                    reader = self._resume_after(counting, exc)
+                    continue
+                where = f"{self.path}:{counting.line}" if counting is not None and counting.line else str(self.path)
+                self._fail(
+                    f"{where}: log damaged after {self.stats.frames} frames: {type(exc).__name__}: {exc}"
+                )
                 return
-            where = f"{self.path}:{counting.line}" if counting is not None and counting.line else str(self.path)
-            self._fail(
-                f"{where}: log damaged after {self.stats.frames} frames: {type(exc).__name__}: {exc}"
-            )
-            return
+            break
+        if cut_off and self.skip_damaged:
+            self._count_damage(counting.line, "cut off (the file ends inside it)")
+            cut_off = None
         detail = cut_off or _asc_detail(counting) or _blf_detail(probe, reader)
         if detail:
             self._fail(f"{self.path}: read {_frames(self.stats.frames)}; the file ended early ({detail})")
-        elif self.stats.frames == 0:
+        elif self.stats.frames == 0 and not self.stats.damaged:
             self.stats.warning = f"{self.path}: no CAN frames in {size} bytes ({self._what_it_was(counting)})"
+        elif self.stats.frames == 0:
+            self.stats.warning = f"{self.path}: no CAN frames; every line with content is damaged"
+
+    def _resume_after(self, counting: _CountingFile, exc: Exception) -> Any:
+        """Count the damaged line and a new reader that reads on after it, shown the header again."""
+        why = "cut off (the file ends inside it)" if counting.cut else f"{type(exc).__name__}: {exc}"
+        self._count_damage(counting.line, why)
+        header = counting.head[:-1] if counting.head is not None else counting.preamble
+        if counting.head is not None:  # the damaged line is no part of the header
+            counting.head = list(header)
+        counting.replay(header)
+        return MESSAGE_READERS[self.suffix](counting)
+
+    def _count_damage(self, line: int, why: str) -> None:
+        self.stats.damaged += 1
+        if len(self.stats.damaged_at) < MAX_DAMAGE_PLACES:
+            self.stats.damaged_at.append(f"{self.path}:{line}: {why[:120]}")
 
     def _from_a_cut_line(self, msg: can.Message) -> bool:
         """A frame parsed from a last line without its newline: candump lines are always whole (a cut one
