@@ -165,14 +165,19 @@ def _table_array(table: TableData, base_us: int) -> tuple[list, int]:
     count = len(table.rows)
     time_column, _ = encode_times(table.timestamps, base_us)
     columns: list = []
-    seen: dict[tuple, int] = {}
+    # Candidates by types and == (hashed in C), confirmed by _exact: 0.0 and -0.0 are == and of one type yet
+    # differ, so the per-value confirmation runs only for a column that looks like an earlier one.
+    seen: dict[tuple, list[int]] = {}
+    column_values: list[tuple] = []
     for index, values in enumerate(zip(*table.rows)):
-        identity = _exact(values)
-        earlier = seen.get(identity)
+        column_values.append(values)
+        candidates = seen.setdefault((tuple(map(type, values)), values), [])
+        mine = _exact(values) if candidates else None
+        earlier = next((j for j in candidates if _exact(column_values[j]) == mine), None)
         if earlier is not None:
             columns.append(["=", earlier])
             continue
-        seen[identity] = index
+        candidates.append(index)
         try:
             columns.append(encode_values(list(values)))
         except ColumnError as exc:

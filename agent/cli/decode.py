@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from contextlib import nullcontext
@@ -44,6 +45,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+class _FrameTextCache:
+    """The text of a frame's lines but its timestamp, per decoded payload.
+
+    The decoder hands out the same ``raw`` dict for a repeated payload on a bus (its decode cache), and
+    payloads repeat (the reason for that cache), so each distinct payload is formatted once.  Entries keep
+    their dict alive, so an id cannot be reused while it is a key; the cache is bounded."""
+
+    LIMIT = 65_536
+
+    def __init__(self, render) -> None:
+        self._render = render
+        self._texts: dict[int, tuple[dict, object]] = {}
+
+    def get(self, frame: DecodedFrame) -> object:
+        raw = frame.raw
+        entry = self._texts.get(id(raw))
+        if entry is None:
+            if len(self._texts) >= self.LIMIT:
+                self._texts.clear()
+            entry = self._texts[id(raw)] = (raw, self._render(frame))
+        return entry[1]
+
+
+def _csv_line(*cells: str) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()
+
+
 class SampleWriter:
     """Writes one line per sample; choices keep both the number and the label."""
 
@@ -51,27 +81,38 @@ class SampleWriter:
         self._out = out
         self._json = fmt == "jsonl"
         self._decoder = decoder
-        self._csv = None if self._json else csv.writer(out, lineterminator="\n")
-        if self._csv:
-            self._csv.writerow(FIELDS)
+        self._texts = _FrameTextCache(self._render_json if self._json else self._render_csv)
+        if not self._json:
+            out.write(_csv_line(*FIELDS))
         self.samples = 0
 
-    def write(self, frame: DecodedFrame) -> None:
+    def _samples(self, frame: DecodedFrame):
         specs = self._decoder.specs
         prefix = frame.message + "."
         for name, raw in frame.raw.items():
             spec = specs[prefix + name]
-            value = spec.to_physical(raw)
-            label = spec.label(raw)
-            self.samples += 1
-            if self._json:
-                record = {"timestamp": frame.timestamp, "bus": frame.bus, "signal": spec.key, "value": value,
-                          "unit": spec.unit}
-                if label is not None:
-                    record["label"] = label
-                self._out.write(json.dumps(record) + "\n")
-            else:
-                self._csv.writerow((repr(frame.timestamp), frame.bus, spec.key, repr(value), spec.unit, label or ""))
+            yield spec, spec.to_physical(raw), spec.label(raw)
+
+    def _render_csv(self, frame: DecodedFrame) -> tuple[str, ...]:
+        """Each sample's line after the timestamp: ",bus,signal,value,unit,label\n"."""
+        return tuple("," + _csv_line(frame.bus, spec.key, repr(value), spec.unit, label or "")
+                     for spec, value, label in self._samples(frame))
+
+    def _render_json(self, frame: DecodedFrame) -> tuple[str, ...]:
+        """Each sample's JSON object after its timestamp: ', "bus": ..., "signal": ...}\n'."""
+        texts = []
+        for spec, value, label in self._samples(frame):
+            record = {"bus": frame.bus, "signal": spec.key, "value": value, "unit": spec.unit}
+            if label is not None:
+                record["label"] = label
+            texts.append(", " + json.dumps(record)[1:] + "\n")
+        return tuple(texts)
+
+    def write(self, frame: DecodedFrame) -> None:
+        texts = self._texts.get(frame)
+        stamp = ('{"timestamp": ' if self._json else "") + repr(frame.timestamp)
+        self._out.write("".join([stamp + text for text in texts]))
+        self.samples += len(texts)
 
 
 class WideWriter:
@@ -79,24 +120,28 @@ class WideWriter:
     the file streams (a pipe from candump has no end to wait for)."""
 
     def __init__(self, out: TextIO, decoder: Decoder) -> None:
+        self._out = out
         self._decoder = decoder
-        self._csv = csv.writer(out, lineterminator="\n")
         wanted = decoder.wanted
         self.columns = [key for key, spec in decoder.specs.items() if wanted is None or wanted(spec)]
         self._index = {key: i for i, key in enumerate(self.columns)}
-        self._csv.writerow((*WIDE_FIELDS, *self.columns))
-        self._blank = [""] * len(self.columns)
+        out.write(_csv_line(*WIDE_FIELDS, *self.columns))
+        self._texts = _FrameTextCache(self._render)
         self.samples = 0
 
-    def write(self, frame: DecodedFrame) -> None:
+    def _render(self, frame: DecodedFrame) -> str:
+        """The line after the timestamp: ",bus,message,cells...\n"."""
         specs, index = self._decoder.specs, self._index
         prefix = frame.message + "."
-        cells = self._blank.copy()
+        cells = [""] * len(self.columns)
         for name, raw in frame.raw.items():
             key = prefix + name
             cells[index[key]] = repr(specs[key].to_physical(raw))
+        return "," + _csv_line(frame.bus, frame.message, *cells)
+
+    def write(self, frame: DecodedFrame) -> None:
+        self._out.write(repr(frame.timestamp) + self._texts.get(frame))
         self.samples += len(frame.raw)
-        self._csv.writerow((repr(frame.timestamp), frame.bus, frame.message, *cells))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ class LogError(ValueError):
     """A log that cannot be read (further); names the file and, if known, the line."""
 
 
+_BLOCK_LETTERS = ("B", "b", "E", "e")  # the first letters of "Begin Triggerblock" and "End TriggerBlock"
 MAX_DAMAGE_PLACES = 10  # damaged lines named one by one in stats.damaged_at; the rest are counted
 
 
@@ -69,8 +70,20 @@ class _CountingFile:
         self.preamble: list[str] = []
         self._replay: list[str] = []
 
-    def __iter__(self) -> _CountingFile:
-        return self
+    def __iter__(self) -> Iterator[str]:
+        # A generator, not __next__: the readers iterate their file, and resuming a generator costs less than
+        # a method call per line.  A restarted reader gets a new one, reading on from the same file.
+        while self._replay:
+            yield self._replay.pop(0)
+        for line in self._file:
+            if self.head is not None:
+                self.head.append(line)
+            self.line += 1
+            self.chars += len(line)
+            self.cut = line[-1:] != "\n"
+            if self._asc and line[:1] in _BLOCK_LETTERS:
+                self._trigger_block(line)
+            yield line
 
     def replay(self, lines: list[str]) -> None:
         self._replay = list(lines)
@@ -94,12 +107,15 @@ class _CountingFile:
         self.chars += len(line)
         self.cut = not line.endswith("\n")
         if self._asc and line[:1] in ("B", "b", "E", "e"):
-            words = line.strip().lower()
-            if words.startswith("begin triggerblock"):
-                self.open_block = True
-            elif words == "end triggerblock":
-                self.open_block = False
+            self._trigger_block(line)
         return line
+
+    def _trigger_block(self, line: str) -> None:
+        words = line.strip().lower()
+        if words.startswith("begin triggerblock"):
+            self.open_block = True
+        elif words == "end triggerblock":
+            self.open_block = False
 
     def __next__(self) -> str:
         if self._replay:
