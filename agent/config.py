@@ -100,6 +100,8 @@ class AgentConfig:
                                    metadata=schema.deferred("agent.camera.config:CameraConfig"))
     incidents: dict[str, Any] = field(default_factory=dict,
                                       metadata=schema.deferred("agent.incident.config:_Incidents"))
+    owner_page: dict[str, Any] = field(default_factory=dict,
+                                       metadata=schema.deferred("agent.ownerpage.config:OwnerPageConfig"))
     # Not from YAML: the file this came from and its located document, so later
     # stages can report file:line for their own sections.
     source: str = field(default="<defaults>", metadata=schema.INTERNAL)
@@ -115,7 +117,7 @@ class AgentConfig:
 
 
 _TYPED_SECTIONS = ("vehicle", "buses", "state", "batching", "buffer")
-_SECTIONS = (*_TYPED_SECTIONS, "collection", "uplink", "consent", "camera", "incidents")
+_SECTIONS = (*_TYPED_SECTIONS, "collection", "uplink", "consent", "camera", "incidents", "owner_page")
 
 
 _VIN_RE = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")

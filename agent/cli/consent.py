@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from agent.cli.framework import add_command
 from agent.config import load_config
-from agent.control import ControlClient, agent_reachable, control_socket_path
-from agent.ledger import Ledger
 from agent.model import ALL_CATEGORIES
-from agent.privacy import commands
 from agent.privacy.config import ConsentConfig, consent_config
 from agent.privacy.consent import EXPIRY_CHOICES
-from agent.privacy.policy import ConsentPolicy
-from agent.privacy.purge import consent_change_handler
+from agent.privacy.gateway import consent_call
 from agent.privacy.store import ConsentStore
 from agent.privacy.transforms import APPROXIMATE_SIZE, LOCATION_LEVELS
 from agent.timespec import iso_local, moment_type
@@ -122,35 +116,12 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return "consent.zones.remove", {"zone_id": args.zone}
 
 
-def call_direct(state_dir: Path, config: ConsentConfig, cmd: str, request: dict[str, Any]) -> Any:
-    """Run a consent command on the state files (agent stopped), writing the ledger as the agent would."""
-    policy = ConsentPolicy(ConsentStore.in_dir(state_dir), config, clock=time.time)
-    if cmd == "consent.show" or cmd == "consent.zones.list":
-        return commands.consent_commands(policy)[cmd](**request)
-    # Buffered batches are purged by the agent at start-up (purge_ungranted).
-    ledger = Ledger.in_dir(state_dir)
-    policy.on_change(consent_change_handler(None, None, ledger))
-    result = commands.consent_commands(policy)[cmd](**request)
-    if not ledger.flush_deferred():  # this process ends now: what the ledger could not take would be lost
-        print(f"vehicle-agent consent: warning: the change is in force, but the ledger ({ledger.path}) could not "
-              f"be written; {ledger.deferred} entries are not recorded", file=sys.stderr)
-    return result
-
-
 def run(args: argparse.Namespace) -> int:
     state_dir, config = state_from_args(args)
     if args.consent_action == "history":
         return _history(state_dir, args)
     cmd, request = _request(args)
-    socket_path = control_socket_path(state_dir)
-    try:
-        running = agent_reachable(socket_path)
-    except PermissionError:
-        raise ValueError(f"{socket_path}: permission denied (run this as the agent's user)") from None
-    if running:
-        result = ControlClient(socket_path).call(cmd, **request)
-    else:
-        result = call_direct(state_dir, config, cmd, request)
+    result, running = consent_call(state_dir, config, cmd, request)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -128,8 +128,12 @@ class ControlServer:
             if not self._slots.acquire(blocking=False):
                 self.busy_refusals += 1
                 with conn, contextlib.suppress(OSError):
-                    conn.settimeout(0.5)
+                    conn.settimeout(0.2)  # bounded: this is the accept loop
                     conn.sendall(_encode({"ok": False, "error": f"busy: {MAX_CONNECTIONS} connections open"}))
+                    conn.shutdown(socket.SHUT_WR)
+                    # Read the request before closing: closing on unread data answers the peer's write with
+                    # EPIPE/a reset instead of the reason (seen as a flaky BrokenPipeError in the test).
+                    conn.recv(4096)
                 continue
             uid = peer_uid(conn)
             if uid not in self.allowed_uids:
