@@ -177,6 +177,12 @@ class BatchStore:
                         self._count("purged")
             return doomed
 
+    def unsent_with(self, category: str) -> int:
+        """How many unsent batches hold ``category`` (what a revocation of it would purge)."""
+        with self._lock:
+            rows = self._db.execute("SELECT categories FROM batches").fetchall()
+        return sum(1 for (cats,) in rows if category in cats.split(","))
+
     def expire(self) -> int:
         """Delete batches older than their stream's TTL; returns how many."""
         with self._lock:

@@ -28,6 +28,7 @@ from agent.privacy.consent import EXPIRY_CHOICES
 from agent.privacy.gateway import consent_call
 from agent.privacy.store import ConsentStore
 from agent.privacy.transforms import APPROXIMATE_SIZE, LOCATION_LEVELS
+from agent.privacy.wording import describe_change
 from agent.timespec import iso_local, moment_type
 
 
@@ -156,15 +157,6 @@ def _history(state_dir: Path, args: argparse.Namespace) -> int:
 
 
 # -- output -------------------------------------------------------------------------------
-
-def describe_change(version: int, kind: str, category: str | None, source: str, detail: dict[str, Any]) -> str:
-    """One consent change as people read it (``consent history`` and the ledger's consent entries)."""
-    extra = ", ".join(f"{k} {v}" for k, v in sorted(detail.items()) if k != "expires_at")
-    if detail.get("expires_at"):
-        extra = (extra + ", " if extra else "") + f"until {iso_local(detail['expires_at'])}"
-    subject = f" {category}" if category else ""
-    return f"consent v{version}: {kind}{subject} by {source}" + (f" ({extra})" if extra else "")
-
 
 def render_table(result: dict[str, Any]) -> str:
     header = ("CATEGORY", "STATE", "LEVEL", "EXPIRES", "COVERS")

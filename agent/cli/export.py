@@ -24,7 +24,6 @@ vehicle's fingerprint comes from ``vehicle-agent identity`` on the vehicle.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from agent.cli.common import bus_map_from_config, decoder_from_config, glob_filt
 from agent.cli.framework import add_command
 from agent.cli.progress import Progress, progress
 from agent.config import AgentConfig, load_config
+from agent.export.service import consent_history, dbc_paths, export_one_incident, incident_store, record_export
 from agent.export.signing import (
     display_fingerprint,
     fingerprint,
@@ -43,18 +43,13 @@ from agent.export.signing import (
 from agent.export.trust import add_trusted, default_trust_file, read_trust_file
 from agent.export.verify import EXIT_OK, verify_export
 from agent.export.writer import (
-    MANIFEST,
     ExportResult,
     NothingToExport,
-    export_incident,
     export_range,
     outside_span,
 )
-from agent.incident.config import incident_config
-from agent.incident.store import IncidentStore
 from agent.ledger import Ledger
 from agent.model import ALL_CATEGORIES
-from agent.privacy.store import ConsentStore
 from agent.sources.log import LogSource
 from agent.timespec import iso_local, moment_type
 
@@ -116,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                               ("--signals", args.signals)):
             if given not in (None, []):
                 raise ValueError(f"{option} goes with --from, not with --incident")
-        result = _export_incident(config, args)
+        result = export_one_incident(config, args.incident, args.out)
     elif args.start is not None and args.end is not None:
         try:
             result = _export_range(config, args)
@@ -125,42 +120,12 @@ def run(args: argparse.Namespace) -> int:
             return 1
     else:
         raise ValueError("say what to export: --incident ID, or --from T1 --to T2")
-    manifest_sha256 = hashlib.sha256((result.out_dir / MANIFEST).read_bytes()).hexdigest()
-    Ledger.in_dir(config.resolve(config.state.dir)).record_export(
-        export=args.incident or "range", files=len(result.files), samples=result.samples, frames=result.frames,
-        manifest_sha256=manifest_sha256, key_fingerprint=result.fingerprint)
+    if not args.incident:
+        record_export(config.resolve(config.state.dir), "range", result)
     span = f" from {iso_local(args.start)} to {iso_local(args.end)}" if args.start is not None else ""
     print(f"exported {result.samples} samples and {result.frames} raw frames{span} to {result.out_dir} "
           f"({len(result.files)} files, signed by key {result.fingerprint[:16]}...)")
     return 0
-
-
-def _dbc_paths(config: AgentConfig) -> list[Path]:
-    paths: list[Path] = []
-    for bus in config.buses:
-        for dbc in bus.dbc:
-            path = config.resolve(dbc).resolve()
-            if path not in paths:
-                paths.append(path)
-    return paths
-
-
-def _history(state_dir: Path) -> list[dict]:
-    return [change.to_json() for change in ConsentStore.in_dir(state_dir).history()]
-
-
-def _store(config: AgentConfig) -> IncidentStore:
-    return IncidentStore.from_config(config.resolve(config.state.dir), incident_config(config), create=False)
-
-
-def _export_incident(config: AgentConfig, args: argparse.Namespace) -> ExportResult:
-    state_dir = config.resolve(config.state.dir)
-    store = _store(config)
-    info = store.info(args.incident)
-    ledger = Ledger.in_dir(state_dir)
-    entries = [entry.to_json() for entry in ledger.entries(since=info.start)]
-    return export_incident(store, args.incident, args.out, load_or_create_key(state_dir), _dbc_paths(config),
-                           _history(state_dir), entries, config.vehicle.id, ledger.head())
 
 
 def _export_range(config: AgentConfig, args: argparse.Namespace) -> ExportResult:
@@ -173,7 +138,7 @@ def _export_range(config: AgentConfig, args: argparse.Namespace) -> ExportResult
             with progress(f"read {Path(path).name}") as bar:
                 frames += _counted(LogSource(path, bus_map=bus_map), bar)
     else:
-        store = _store(config)
+        store = incident_store(config)
         seen = set()
         frames = []
         infos = store.list()
@@ -193,7 +158,7 @@ def _export_range(config: AgentConfig, args: argparse.Namespace) -> ExportResult
     entries = [entry.to_json() for entry in ledger.entries(since=start) if entry.time <= end]
     with progress(f"export {iso_local(start)} .. {iso_local(end)}", total=len(frames)) as bar:
         return export_range(_counted(frames, bar), decoder_from_config(config), start, end, args.out,
-                            load_or_create_key(state_dir), _dbc_paths(config), _history(state_dir), entries,
+                            load_or_create_key(state_dir), dbc_paths(config), consent_history(state_dir), entries,
                             config.vehicle.id, categories=args.category or None, ledger_head=ledger.head(),
                             signals=glob_filter(args.signals), signals_asked=" ".join(args.signals))
 

@@ -5,38 +5,52 @@
     vehicle-agent ledger verify --against anchor.json
                                        also compare with a head kept outside the car: exit 1 when the
                                        ledger was rolled back or rewritten below it
+    vehicle-agent ledger reconcile DIR  compare a backend's data-access export (`vehicle-sim cloud export`)
+                                       with the ledger by payload SHA-256: exit 0 when the backend holds
+                                       every batch that left and nothing else, 1 otherwise, 2 on a bad,
+                                       incomplete or altered export
 
 The anchor file is JSON: ``{"seq": N, "line_sha256": "..."}`` as the receiver exports it, or a status
 message of the vehicle (its ``health.anchor.ledger_head``).
+
+``ledger reconcile DIR`` reads the directory ``vehicle-sim cloud export`` writes (batches.jsonl, samples.csv,
+manifest.json), checks its files against the manifest and lists, by payload SHA-256, the batches that left
+the car and the backend holds, those it does not show, and those it shows that never left this car.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
-from agent.cli.consent import add_state_arguments, describe_change, state_from_args
+from agent.cli.consent import add_state_arguments, state_from_args
 from agent.cli.framework import add_command
 from agent.export.anchor import signing_key_fingerprint
 from agent.ledger import Ledger, LedgerEntry
 from agent.ledger_chain import anchor_from_document, compare_anchor, loads_limited
+from agent.privacy.wording import describe_change
+from agent.reconcile import reconcile_dir, report_lines
 from agent.timespec import iso_local, moment_type
 
 MAX_ANCHOR_BYTES = 1 << 20
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "ledger", "what left the car (hash-chained record); `ledger verify`", examples=(
+    parser = add_command(subparsers, "ledger", "what left the car (hash-chained record); `ledger verify`, `ledger "
+                         "reconcile`", examples=(
         "vehicle-agent ledger --since 7d --config agent.yaml",
         "vehicle-agent ledger --since yesterday --json --config agent.yaml",
         "vehicle-agent ledger verify --against anchor.json --config agent.yaml",
+        "vehicle-agent ledger reconcile access-v3f1c9a --config agent.yaml --json",
     ), description="\n\n".join(__doc__.split("\n\n")[2:]).replace("``", "'"))
-    parser.add_argument("action", nargs="?", choices=("show", "verify"), default="show")
+    parser.add_argument("action", nargs="?", choices=("show", "verify", "reconcile"), default="show")
+    parser.add_argument("export_dir", nargs="?", metavar="DIR", help="reconcile: the backend's export directory")
     add_state_arguments(parser)
     parser.add_argument("--since", metavar="WHEN", type=moment_type("--since"),
                         help="only entries since WHEN: 7d, 12h, 30m (ago), yesterday, 2024-06-01[T08:00], epoch s")
-    parser.add_argument("--json", action="store_true", help="one JSON entry per line")
+    parser.add_argument("--json", action="store_true", help="one JSON entry per line (reconcile: one document)")
     parser.add_argument("--against", metavar="FILE",
                         help="verify: also compare with this anchor (ledger head kept outside the car)")
     parser.set_defaults(func=run)
@@ -109,8 +123,24 @@ def _against(ledger: Ledger, path: str, state_dir) -> dict[str, Any]:
             "report": report}
 
 
+def run_reconcile(args: argparse.Namespace, state_dir: Path) -> int:
+    if args.against or args.since is not None:
+        raise ValueError("--against and --since do not go with `ledger reconcile` (it compares every upload)")
+    if not args.export_dir:
+        raise ValueError("reconcile needs the export directory: vehicle-agent ledger reconcile DIR")
+    if not state_dir.is_dir():
+        raise ValueError(f"{state_dir}: no such state directory")
+    result = reconcile_dir(args.export_dir, state_dir)
+    print(json.dumps(result.to_json(), sort_keys=True) if args.json else "\n".join(report_lines(result)))
+    return 0 if result.ok else 1
+
+
 def run(args: argparse.Namespace) -> int:
     state_dir, _ = state_from_args(args)
+    if args.action == "reconcile":
+        return run_reconcile(args, state_dir)
+    if args.export_dir:
+        raise ValueError(f"unexpected argument {args.export_dir!r} (a directory goes with `ledger reconcile`)")
     # verify only reads: a torn last line is reported, not repaired (the agent repairs it when it opens the ledger)
     ledger = Ledger.in_dir(state_dir, repair=args.action != "verify")
     if args.action == "verify":

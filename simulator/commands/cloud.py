@@ -10,6 +10,10 @@ prints a report when it stops: after ``--batches N`` unique batches, after
 ``vehicle-sim cloud anchor --db FILE --vehicle ID [-o OUT] [--conflicts]`` writes
 the ledger anchor the receiver keeps for a vehicle as JSON, the file
 ``vehicle-agent ledger verify --against OUT`` reads (exit 1 when it has none).
+
+``vehicle-sim cloud export --vehicle ID --out DIR [--db FILE]`` answers the owner's
+data-access request (simulator/receiver/access.py): every batch and sample held for
+that vehicle, which ``vehicle-agent ledger reconcile DIR`` compares with the car's ledger.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from agent.cli.framework import add_command
 from agent.netlocal import is_loopback
 from agent.timespec import duration_type
 from simulator.receiver import Receiver, ReceiverStore, ReceiverTls, format_report
+from simulator.receiver.access import UnknownVehicle, export_vehicle
 
 
 class CloudUsageError(ValueError):
@@ -75,6 +80,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     anchor.add_argument("--conflicts", action="store_true",
                         help="add the anchors that would have moved it back or changed its key")
     anchor.set_defaults(func=run_anchor)
+    export = add_command(
+        actions, "export", "answer an owner's data-access request: every batch and sample held for a vehicle",
+        examples=("vehicle-sim cloud export --vehicle v3f1c9a --out access-v3f1c9a --db fleet.sqlite",),
+        description="Write into DIR (new or empty) batches.jsonl (one line per stored batch, with the SHA-256 of "
+                    "its whole payload as the car's ledger records it), samples.csv (every decoded sample) and "
+                    "manifest.json (counts and the SHA-256 of both files).  Nothing of other vehicles is "
+                    "written.  Exit 1 when the database holds no batch of that vehicle.  In the car, "
+                    "`vehicle-agent ledger reconcile DIR` compares the export with what the ledger says left.")
+    export.add_argument("--vehicle", required=True, metavar="PSEUDONYM", help="vehicle id (as in its topics)")
+    export.add_argument("--out", required=True, metavar="DIR", help="directory to write (new or empty)")
+    export.add_argument("--db", default="receiver.sqlite", metavar="FILE",
+                        help="the receiver's SQLite database (default: receiver.sqlite)")
+    export.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if not Path(args.db).is_file():
+        raise CloudUsageError(f"--db {args.db}: no such file")
+    try:
+        summary = export_vehicle(args.db, args.vehicle, args.out)
+    except UnknownVehicle as exc:
+        print(f"vehicle-sim cloud export: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {summary.batches} batches and {summary.samples} samples of vehicle {summary.vehicle} to "
+          f"{summary.out_dir} (batches.jsonl sha256 {summary.batches_sha256[:16]}..., "
+          f"samples.csv sha256 {summary.samples_sha256[:16]}..., both in {summary.manifest.name})")
+    return 0
 
 
 def run_anchor(args: argparse.Namespace) -> int:
