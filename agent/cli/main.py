@@ -10,7 +10,7 @@ SUBCOMMANDS = tuple(f"agent.cli.{name}" for name in (
     "decode", "stats", "catalog", "record", "replay", "inspect", "buffer",            # engineers
     "plot", "monitor", "convert", "dump", "listing",                                  # engineers' tools
     "run", "status", "reload", "demo", "shipped",                                     # the service
-    "consent", "ledger", "export", "incidents", "identity",                           # owners
+    "consent", "ledger", "export", "incidents", "identity", "owner",                  # owners
 ))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent import schema
@@ -62,3 +63,11 @@ def parse_owner_page(doc: Located | None, data: Any, path: tuple = SECTION) -> O
 
 def owner_page_config(agent_config: Any) -> OwnerPageConfig:
     return parse_owner_page(agent_config.document, getattr(agent_config, "owner_page", {}), SECTION)
+
+
+ARCHIVE_FILE = "owner-archive.sqlite"
+
+
+def archive_path(state_dir: str | Path) -> Path:
+    """The owner archive: in the state directory, owner-only, never uploaded."""
+    return Path(state_dir) / ARCHIVE_FILE
