@@ -196,16 +196,20 @@ def test_log_commands_say_when_a_log_ended_early_or_held_nothing(shared_data, tm
     empty = tmp_path / "empty.asc"
     empty.write_bytes(b"")
     dbc = shared_data / "dbc/css-electronics/canmod-gps.dbc"
+    ended_early = (rf"read \d+ frames; the file ended early \(truncated BLF object at byte \d+; the file ends at "
+                   rf"byte {len(blf) // 2}\)")
+    # (path, extra arguments): (exit status, what stderr says).  A log that ended early is used up to the
+    # damage and said as a warning (exit 0), or refused with --strict (exit 2).
     expected = {
-        cut: (2, rf"read \d+ frames; the file ended early \(truncated BLF object at byte \d+; the file ends at "
-                 rf"byte {len(blf) // 2}\)"),
-        noise: (1, r"no CAN frames in 4096 bytes \(not an ASC log\?\)"),
-        empty: (1, r"no CAN frames: the file is empty \(0 bytes\)"),
+        (cut, ()): (0, ended_early),
+        (cut, ("--strict",)): (2, ended_early),
+        (noise, ()): (1, r"no CAN frames in 4096 bytes \(not an ASC log\?\)"),
+        (empty, ()): (1, r"no CAN frames: the file is empty \(0 bytes\)"),
     }
-    for path, (code, pattern) in expected.items():
+    for (path, extra), (code, pattern) in expected.items():
         for command in ("decode", "stats"):
-            result = subprocess.run([sys.executable, "-m", "agent.cli.main", command, str(path), "--dbc", str(dbc)],
-                                    cwd=REPO, capture_output=True, text=True, timeout=60)
+            result = subprocess.run([sys.executable, "-m", "agent.cli.main", command, str(path), "--dbc", str(dbc),
+                                     *extra], cwd=REPO, capture_output=True, text=True, timeout=60)
             logbook.path(f"log-{command}", ".log").write_text(result.stdout + result.stderr)
             assert result.returncode == code, (path, command, result.stderr)
             assert re.search(re.escape(str(path)) + ": " + pattern, result.stderr), result.stderr
