@@ -112,6 +112,10 @@ class AgentConfig:
         path = Path(relative).expanduser()
         return path if path.is_absolute() else self.base_dir / path
 
+    def buffer_path(self) -> Path:
+        """The batch buffer: ``buffer.file`` in the state directory (the one place that says so)."""
+        return self.resolve(self.state.dir) / self.buffer.file
+
     def where(self, path: tuple[str | int, ...]) -> str:
         return self.document.where(path) if self.document else self.source
 

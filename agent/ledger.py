@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 
 LEDGER_FILE = "ledger.jsonl"
 KINDS = ("consent_change", "upload", "purge", "may_have_left", "remote_refused", "export", "ledger_repair",
-         "ledger_gap")
+         "ledger_gap", "forget_me")
 RETRY_INTERVAL_S = 1.0  # an append while blocked tries to flush at most this often
 CONSENT_FILE = "consent.jsonl"  # agent.privacy.store.STATE_FILE: every change in it is also a ledger entry
 
@@ -352,6 +352,11 @@ class Ledger:
 
     def record_export(self, **fields: Any) -> LedgerEntry | None:
         return self.append("export", fields)
+
+    def record_forget_me(self, revoked: int, zones: int, trips: int, pseudonym_key: str) -> LedgerEntry | None:
+        """The owner handed the car over: consent, zones, owner archive and pseudonym key wiped."""
+        return self.append("forget_me", {"revoked": revoked, "zones": zones, "trips": trips,
+                                         "pseudonym_key": pseudonym_key}, defer=False)
 
     # -- reading -------------------------------------------------------------------
     def entries(self, since: float | None = None) -> list[LedgerEntry]:

@@ -30,6 +30,7 @@ from agent.export.signing import load_or_create_key
 from agent.flow.build import BuildOptions, DataPath, build, build_data_path
 from agent.flow.handover import hand_over
 from agent.model import ALL_CATEGORIES
+from agent.ownerpage.server import OwnerPageServer, start_owner_page
 from agent.privacy.commands import consent_commands
 from agent.privacy.config import consent_config
 from agent.privacy.remote import RemoteCommands
@@ -75,6 +76,7 @@ class AgentRuntime:
         self._use(stages.path)
         self.source = source or self._open_buses(self.config)
         self.control = ControlServer(control_socket_path(self.state_dir), self._commands())
+        self.owner_page: OwnerPageServer | None = None
         self.watchdog = ProgressWatchdog.from_environ(self.notifier, status=self.status_line)
 
     def _use(self, path: DataPath) -> None:
@@ -105,6 +107,7 @@ class AgentRuntime:
         self.control.start()
         if self.uplink is not None:
             self.uplink.start()
+        self.owner_page = start_owner_page(self.config)  # None when off or without the owner extra
         self.consent.policy.on_ignition()
         self.notifier.ready(self.status_line())
         log.info("agent ready: %d buses, state in %s", len(self.config.buses), self.state_dir)
@@ -254,6 +257,8 @@ class AgentRuntime:
                 self.uplink.stop(timeout=5.0)
             self._remote_commands.flush(self.consent.ledger)  # a pending summary of refused commands
         finally:
+            if self.owner_page is not None:
+                self.owner_page.stop()
             self.control.stop()
             self.store_counters_at_stop = {"counters": self.store.counters(), "backlog": self.store.backlog()}
             self.store.close()

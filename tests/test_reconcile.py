@@ -280,3 +280,45 @@ def test_an_unknown_vehicle_exits_1_and_says_how_many_the_db_holds(world, capsys
     assert f"no batches for vehicle no-such-car in DB {world['db']} (it holds batches of 1 vehicle)" in \
         capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_owner_page_compares_the_backend_export_with_the_ledger(world, shared_data):
+    """The same comparison on the owner's page: the three files of the backend's export uploaded in a
+    paired browser session; counts shown for an exact backend, and for one holding a forged batch."""
+    import io
+    import re
+
+    from agent.config import parse_config
+    from agent.ownerpage.app import create_app
+    from agent.ownerpage.backend import OwnerBackend
+    from agent.ownerpage.config import owner_page_config
+    from agent.ownerpage.pairing import Pairing
+
+    config = parse_config(f"state: {{dir: '{world['state']}'}}", base_dir=world["tmp"])
+    pairing = Pairing(world["state"])
+    app = create_app(OwnerBackend(config), pairing, owner_page_config(config), 8765)
+    browser = app.test_client()
+    base = "http://127.0.0.1:8765"
+    assert browser.post("/pair", data={"code": pairing.new_code()}, base_url=base).status_code == 302
+    csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/backend", base_url=base).get_data(as_text=True))
+
+    def counts(out: Path) -> tuple[int, int, int]:
+        files = [(io.BytesIO((out / name).read_bytes()), name) for name in ("manifest.json", "batches.jsonl",
+                                                                             "samples.csv")]
+        answer = browser.post("/backend", data={"csrf": csrf.group(1), "files": files}, base_url=base,
+                              content_type="multipart/form-data")
+        html = answer.get_data(as_text=True)
+        assert answer.status_code == 200, html
+        return tuple(int(re.search(rf'id="{name}">(\d+)<', html).group(1)) for name in ("held", "missing",
+                                                                                       "fabricated"))
+
+    held = len(db_batches(world["db"], world["vehicle"]))
+    assert export(world, "exact")[0] == 0
+    assert counts(world["tmp"] / "exact") == (held, 0, 0)
+    ingest(world["db"], shared_data, world["tmp"], world["vehicle"], "boot-forged", count=1)
+    assert export(world, "forged")[0] == 0
+    assert counts(world["tmp"] / "forged") == (held, 0, 1)
+    # Without the samples file the page says what is missing.
+    answer = browser.post("/backend", data={"csrf": csrf.group(1), "files": [
+        (io.BytesIO(b"{}"), "manifest.json")]}, base_url=base, content_type="multipart/form-data")
+    assert answer.status_code == 400 and "missing: batches.jsonl, samples.csv" in answer.get_data(as_text=True)

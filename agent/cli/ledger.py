@@ -86,6 +86,9 @@ def _describe(entry: LedgerEntry) -> str:
                 f"(batches {', '.join(map(str, f['batch_ids']))})")
     if entry.kind == "remote_refused":
         return f"refused a network consent command '{f['action']}' ({f['reason']})"
+    if entry.kind == "forget_me":
+        return (f"forget me: {f['revoked']} categories revoked, {f['zones']} zones and {f['trips']} trips deleted, "
+                f"pseudonym key {f['pseudonym_key']} (a new pseudonym from the next start)")
     return f"{entry.kind}: " + ", ".join(f"{k} {v}" for k, v in sorted(f.items()))
 
 

@@ -42,6 +42,9 @@ from agent.flow.pipeline import BatchingOptions, Pipeline
 from agent.flow.sidecars import Sidecars
 from agent.flow.writer import StoreWriter
 from agent.incident.config import incident_config
+from agent.owner.archive import OwnerArchive
+from agent.owner.recorder import ArchiveRecorder, trip_signal
+from agent.ownerpage.config import archive_path, owner_page_config
 from agent.privacy import PrivacyFilter
 from agent.privacy.purge import consent_change_handler, purge_ungranted
 from agent.uplink.config import uplink_config
@@ -131,10 +134,13 @@ def build_core(config: AgentConfig | None, options: BuildOptions) -> Core:
 def build_data_path(config: AgentConfig | None, core: Core, options: BuildOptions) -> DataPath:
     """decode -> collect -> privacy -> batch -> the core's writer, and the sidecars beside them."""
     plan = collection_plan(config)
+    # The owner archive (their trips, kept in the car) records on the live vehicle only.
+    page = owner_page_config(config) if options.live and config is not None and core.state_dir else None
+    archive = page.archive if page is not None and page.enabled else None
     if options.decoder is not None:
         decoder = options.decoder
     elif config is not None:
-        decoder = decoder_for(config, plan)
+        decoder = decoder_for(config, plan, also=trip_signal if archive is not None else None)
     else:
         raise ValueError("a decoder needs DBC files: give --dbc FILE... or --config FILE")
     batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes) if config is not None \
@@ -153,6 +159,10 @@ def build_data_path(config: AgentConfig | None, core: Core, options: BuildOption
     sidecars = Sidecars(pipeline, writer, policy, core.vehicle_id)
     if config is not None and config.incidents and core.state_dir is not None:
         sidecars.attach_incidents(incident_config(config), core.state_dir)
+    if archive is not None:
+        owner_archive = OwnerArchive(archive_path(core.state_dir), retention_days=archive.retention_days,
+                                     max_bytes=int(archive.max_mb * 1_000_000))
+        sidecars.attach_archive(ArchiveRecorder(owner_archive, decoder.specs, rate_hz=archive.rate_hz))
     camera = camera_config(config) if options.live and config is not None and config.camera else None
     if camera is not None and camera.enabled and core.state_dir is not None:
         sidecars.attach_camera(camera, core.state_dir)

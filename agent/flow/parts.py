@@ -15,7 +15,7 @@ from agent.catalog import load_catalogs
 from agent.collect import CollectionPlan, SignalIndex, parse_collection
 from agent.config import AgentConfig
 from agent.dbc import load_dbc
-from agent.decode import Decoder
+from agent.decode import Decoder, SignalFilter
 from agent.incident.config import incident_config
 from agent.ledger import Ledger
 from agent.model import SignalSpec
@@ -53,23 +53,31 @@ def decoder_from_config(config: AgentConfig, wanted: Callable[[SignalSpec], bool
     return Decoder(bus_dbcs, catalog, wanted=wanted, j1939_buses=[b.name for b in config.buses if b.j1939])
 
 
-def decoder_for(config: AgentConfig, plan: CollectionPlan) -> Decoder:
-    """The live pipeline's decoder: the signals the collection plan reads and, with incidents configured,
-    the signals their triggers read and every signal of their categories (a snapshot keeps those whether
-    or not a campaign collects them; filtered out, a trigger would silently never fire)."""
+def decoder_for(config: AgentConfig, plan: CollectionPlan, also: SignalFilter | None = None) -> Decoder:
+    """The live pipeline's decoder: the signals the collection plan reads, those ``also`` admits (the owner
+    archive's trip signals) and, with incidents configured, the signals their triggers read and every signal
+    of their categories (a snapshot keeps those whether or not a campaign collects them; filtered out, a
+    trigger would silently never fire)."""
+    extra = also or _nothing
     if not config.incidents:
-        return decoder_from_config(config, wanted=plan.wants)
+        return decoder_from_config(config, wanted=plan.wants if also is None else
+                                   lambda spec: plan.wants(spec) or extra(spec))
     incidents = incident_config(config)
     categories = frozenset(incidents.categories)
     trigger_keys: set[str] = set()
     decoder = decoder_from_config(
-        config, wanted=lambda spec: plan.wants(spec) or spec.category in categories or spec.key in trigger_keys)
+        config, wanted=lambda spec: plan.wants(spec) or extra(spec) or spec.category in categories
+        or spec.key in trigger_keys)
     # The filter is first consulted on a bus's first frame, so the trigger signals can be filled in now.
     index = SignalIndex(decoder.specs)
     for item in incidents.triggers:
         sources = item.trigger.compile(index).sources
         trigger_keys.update(spec.key for specs in sources.values() for spec in specs)
     return decoder
+
+
+def _nothing(spec: SignalSpec) -> bool:
+    return False
 
 
 def open_store(config: AgentConfig | None, path: Path | None = None) -> BatchStore:
@@ -79,7 +87,8 @@ def open_store(config: AgentConfig | None, path: Path | None = None) -> BatchSto
         return BatchStore(path)
     buffer = config.buffer
     if path is None:
-        path = state_dir_of(config) / buffer.file
+        state_dir_of(config)  # created and checked first
+        path = config.buffer_path()
     return BatchStore(
         path,
         quota_bytes=int(buffer.quota_mb * 1024 * 1024),

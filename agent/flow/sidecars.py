@@ -31,6 +31,7 @@ from agent.incident.config import IncidentConfig
 from agent.incident.snapshot import IncidentRecorder, Snapshot
 from agent.incident.store import IncidentStore
 from agent.incident.upload import INCIDENT_STREAM, snapshot_batches
+from agent.owner.recorder import ArchiveRecorder
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class SidecarCounters:
 
 @dataclass
 class Sidecars:
-    """Incident recorder + camera intake for one pipeline."""
+    """Incident recorder + camera intake + the owner archive for one pipeline."""
 
     pipeline: Pipeline
     writer: StoreWriter
@@ -68,6 +69,7 @@ class Sidecars:
     recorder: IncidentRecorder | None = None
     camera: SpoolWatcher | None = None
     camera_socket: CameraSocketServer | None = None
+    archive: ArchiveRecorder | None = None  # the owner's trips, kept in the car (agent/owner)
     counters: SidecarCounters = field(default_factory=SidecarCounters)
     _events: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1024))
     _unsaved: deque = field(default_factory=deque)  # snapshots not yet on disk
@@ -79,6 +81,10 @@ class Sidecars:
         self.recorder = IncidentRecorder(config, self.pipeline.decoder.specs, self._on_snapshot)
         self.pipeline.raw_listeners.append(self.recorder.on_raw)
         self.pipeline.frame_listeners.append(self.recorder.on_frame)
+
+    def attach_archive(self, recorder: ArchiveRecorder) -> None:
+        self.archive = recorder
+        self.pipeline.frame_listeners.append(recorder)
 
     def attach_camera(self, config: CameraConfig, state_dir: Path) -> None:
         spool, quarantine, socket_path = config.paths(state_dir)
@@ -155,12 +161,19 @@ class Sidecars:
             self.counters.camera_uploaded += len(outgoing)
         if self.recorder is not None:
             self.recorder.close_due(now)
+        if self.archive is not None:  # a quiet bus must not hold the last seconds of a trip
+            self.archive.flush()
 
     def flush(self) -> None:
         if self.recorder is not None:
             self.recorder.flush()
+        if self.archive is not None:
+            self.archive.flush()
 
     def close(self) -> None:
+        if self.archive is not None:
+            self.archive.close()
+            self.archive.archive.close()
         if self.camera is not None:
             self.camera.stop()
         if self.camera_socket is not None:

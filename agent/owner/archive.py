@@ -117,8 +117,9 @@ class OwnerArchive:
         self.max_bytes = max_bytes
         self._clock = clock
         self._lock = threading.RLock()
-        # Bumped by forget(): a recorder holding a trip from before drops it instead of writing it back.
-        self.generation = 0
+        # forget() bumps the file's user_version (the generation): a recorder holding a trip from before drops
+        # it instead of writing it back, also when another process (the owner page) did the forgetting.
+        self._seen_generation: int | None = None
         self._key_ids: dict[str, int] = {}
         _create_private(self.path)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -133,6 +134,7 @@ class OwnerArchive:
             self._db.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not just unlinked
             self._db.executescript(_SCHEMA)
             self._load_key_ids()
+            self._seen_generation = self._db.execute("PRAGMA user_version").fetchone()[0]
 
     # -- writing (the recorder) ------------------------------------------------------
     def _load_key_ids(self) -> None:
@@ -304,6 +306,17 @@ class OwnerArchive:
         self._db.executescript("PRAGMA incremental_vacuum;")
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    @property
+    def generation(self) -> int:
+        """How many times the archive was forgotten (in the file: any process's forget() counts)."""
+        with self._lock:
+            current = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if current != self._seen_generation:  # forgotten elsewhere: the key ids cached here are gone
+                self._seen_generation = current
+                self._key_ids = {}
+                self._load_key_ids()
+            return current
+
     def forget(self) -> None:
         """Delete everything (the owner's "forget me") and rewrite the file, so no old row survives in it."""
         with self._lock:
@@ -311,11 +324,13 @@ class OwnerArchive:
                 self._db.execute("BEGIN IMMEDIATE")
                 for table in ("samples", "positions", "trips", "signal_keys"):
                     self._db.execute(f"DELETE FROM {table}")
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                self._db.execute(f"PRAGMA user_version = {int(version) + 1}")
                 self._db.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
-            self.generation += 1
+            self._seen_generation = version + 1
             self._key_ids = {}
             self._db.execute("VACUUM")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

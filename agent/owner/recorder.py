@@ -310,8 +310,15 @@ class ArchiveRecorder:
         self._flush_at = self._last_t
         if state is None:
             return
-        if self.archive.generation != self._generation:  # forget(): nothing from before survives, not even here
-            self._generation = self.archive.generation
+        try:
+            generation = self.archive.generation  # a forget() by this or another process (the owner page)
+        except Exception as exc:  # closed, unreadable: counted like a failed write
+            self.dropped_rows += len(self._rows) + len(self._positions)
+            self._rows, self._positions = [], []
+            self._failed(exc)
+            return
+        if generation != self._generation:  # forget(): nothing from before survives, not even here
+            self._generation = generation
             self._rows.clear()
             self._positions.clear()
             self._state = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from agent.ownerpage.config import OwnerPageConfig
 from agent.ownerpage.pairing import Pairing, PairingError
 from agent.privacy.consent import EXPIRY_CHOICES
 from agent.privacy.transforms import APPROXIMATE_SIZE, LOCATION_LEVELS
+from agent.reconcile import describe_batch, describe_upload
 from agent.timespec import iso_local
 
 EXPIRY_WORDS = {"drive": "until the next ignition", "7d": "for 7 days", "90d": "for 90 days", "1y": "for a year"}
@@ -83,7 +85,8 @@ def create_app(backend: OwnerBackend, pairing: Pairing, config: OwnerPageConfig,
     @app.get("/")
     def home() -> str:
         days = backend.days()
-        return page("home.html", today=days[0] if days else None, fingerprint=backend.fingerprint(),
+        today = datetime.now().astimezone().date().isoformat()
+        return page("home.html", today=next((d for d in days if d.date == today), None), fingerprint=backend.fingerprint(),
                     ledger=backend.ledger_status(), sharing=backend.sharing())
 
     @app.get("/sharing")
@@ -203,6 +206,17 @@ def create_app(backend: OwnerBackend, pairing: Pairing, config: OwnerPageConfig,
             abort(404)
         name, mimetype, data = downloads[token]
         return _download(data, mimetype, name)
+
+    @app.route("/backend", methods=["GET", "POST"])
+    def backend_holds() -> Any:
+        """The backend's answer to a data-access request (`vehicle-sim cloud export`), against the ledger."""
+        if request.method == "GET":
+            return page("backend.html", result=None, error=None)
+        try:
+            result = backend.reconcile({f.filename: f.read() for f in request.files.getlist("files")})
+        except ValueError as exc:
+            return page("backend.html", result=None, error=str(exc)), 400
+        return page("backend.html", result=result, error=None, upload=describe_upload, batch=describe_batch)
 
     @app.get("/forget")
     def forget_confirm() -> str:

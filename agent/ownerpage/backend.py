@@ -25,7 +25,7 @@ from agent.ledger import Ledger
 from agent.ownerpage.config import archive_path
 from agent.ownerpage.timeline import Day, timeline
 from agent.privacy.config import consent_config
-from agent.privacy.gateway import agent_running, consent_call
+from agent.privacy.gateway import consent_call
 from agent.privacy.pseudonym import KEY_FILE as PSEUDONYM_KEY_FILE
 
 
@@ -56,8 +56,7 @@ class OwnerBackend:
 
     def unsent_with(self, category: str) -> int:
         """Batches not yet sent that hold ``category``: what revoking it deletes."""
-        path = self.config.resolve(self.config.buffer.file)
-        path = path if path.is_absolute() else self.state_dir / self.config.buffer.file
+        path = self.config.buffer_path()
         if not path.exists():
             return 0
         with BatchStore(path, read_only=True) as store:
@@ -117,6 +116,27 @@ class OwnerBackend:
 
         return owner_page_config(self.config)
 
+    # -- what the backend holds ----------------------------------------------------------------------
+    EXPORT_FILES = ("manifest.json", "batches.jsonl", "samples.csv")
+
+    def reconcile(self, files: dict[str, bytes]):
+        """Compare the backend's data-access export (its three files, uploaded by the owner) with the
+        ledger: batches held, missing, and shown but never sent from this car."""
+        from agent.reconcile import reconcile_dir
+
+        names = {Path(name or "").name: data for name, data in files.items()}
+        missing = [name for name in self.EXPORT_FILES if name not in names]
+        if missing:
+            raise ValueError(f"the backend's export needs {', '.join(self.EXPORT_FILES)}; missing: "
+                             f"{', '.join(missing)}")
+        work = Path(tempfile.mkdtemp(prefix="owner-backend-"))
+        try:
+            for name in self.EXPORT_FILES:
+                (work / name).write_bytes(names[name])
+            return reconcile_dir(work, self.state_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
     # -- handing the car over -----------------------------------------------------------------------
     def forget_me(self) -> dict[str, int]:
         """Wipe consent (every category revoked, every zone removed: through the policy, so purges and the
@@ -138,8 +158,5 @@ class OwnerBackend:
         key = self.state_dir / PSEUDONYM_KEY_FILE
         had_key = key.exists()
         key.unlink(missing_ok=True)
-        running = agent_running(self.state_dir)
-        self.ledger().append("forget_me", {"revoked": revoked, "zones": len(zones), "trips": trips,
-                                           "pseudonym_key": "new" if had_key else "none",
-                                           "agent_running": running})
+        self.ledger().record_forget_me(revoked, len(zones), trips, "deleted" if had_key else "none")
         return {"revoked": revoked, "zones": len(zones), "trips": trips}
