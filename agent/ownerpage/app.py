@@ -86,8 +86,8 @@ def create_app(backend: OwnerBackend, pairing: Pairing, config: OwnerPageConfig,
     def home() -> str:
         days = backend.days()
         today = datetime.now().astimezone().date().isoformat()
-        return page("home.html", today=next((d for d in days if d.date == today), None), fingerprint=backend.fingerprint(),
-                    ledger=backend.ledger_status(), sharing=backend.sharing())
+        return page("home.html", today=next((d for d in days if d.date == today), None),
+                    fingerprint=backend.fingerprint(), ledger=backend.ledger_status(), sharing=backend.sharing())
 
     @app.get("/sharing")
     def sharing() -> str:
