@@ -394,3 +394,48 @@ def test_trip_signals_are_the_speed_position_and_valid_flags(truck):
     chosen = sorted(key for key, spec in decoder.specs.items() if trip_signal(spec))
     assert chosen == ["CCVS1.WheelBasedVehicleSpeed", "gnss_pos.Latitude", "gnss_pos.Longitude",
                       "gnss_pos.PositionValid", "gnss_speed.Speed"]
+
+
+def test_a_forget_in_another_process_is_not_undone_by_the_agents_recorder(truck, tmp_path):
+    """The page forgets through its own connection while the agent's recorder holds a trip open: the rows
+    buffered before the forget never reach the file, and recording goes on as a new trip."""
+    decoder, frames = truck
+    path = tmp_path / "shared.db"
+    agent_side, page_side = OwnerArchive(path, clock=lambda: NOW), OwnerArchive(path, clock=lambda: NOW)
+    try:
+        recorder = ArchiveRecorder(agent_side, decoder.specs)
+        half = len(frames) // 2
+        for frame in frames[:half]:
+            recorder(frame)
+        recorder.flush()
+        assert len(page_side.trips()) == 1
+        for frame in frames[half:half + 500]:  # buffered, not yet written
+            recorder(frame)
+        page_side.forget()
+        recorder.flush()
+        assert page_side.trips() == [] and agent_side.trips() == []
+        after = frames[half + 500]
+        for frame in frames[half + 500:]:
+            recorder(frame)
+        recorder.flush()
+        (trip,) = page_side.trips()
+        assert trip.start >= after.timestamp and recorder.errors == 0
+    finally:
+        agent_side.close()
+        page_side.close()
+
+
+def test_the_owners_own_limits_win_over_the_configured_ones_in_every_process(truck, tmp_path):
+    decoder, frames = truck
+    path = tmp_path / "limits.db"
+    with OwnerArchive(path, retention_days=30, max_bytes=50_000_000, clock=lambda: NOW) as page_side:
+        assert not page_side.owner_chose_limits
+        page_side.set_limits(7, 2_000_000, persist=True)
+        with pytest.raises(ValueError, match="retention_days"):
+            page_side.set_limits(0, 2_000_000, persist=True)
+    # The agent opens the archive with the configuration's defaults: the owner's choice is what counts.
+    with OwnerArchive(path, retention_days=30, max_bytes=50_000_000, clock=lambda: NOW) as agent_side:
+        assert (agent_side.retention_days, agent_side.max_bytes) == (7, 2_000_000)
+        agent_side.forget()  # "forget me" forgets the choice too
+    with OwnerArchive(path, retention_days=30, max_bytes=50_000_000, clock=lambda: NOW) as again:
+        assert (again.retention_days, again.max_bytes) == (30, 50_000_000) and not again.owner_chose_limits

@@ -166,3 +166,21 @@ def test_a_made_up_session_cookie_is_no_session(page):
     browser = client(app)
     browser.set_cookie("owner_session", "forged-token-value")
     assert browser.get("/sharing").status_code == 302
+
+
+def test_the_owner_chooses_how_long_and_how_much_the_archive_keeps(page):
+    from agent.owner.archive import OwnerArchive
+    from agent.ownerpage.config import archive_path
+
+    app, pairing, state = page
+    browser = paired(app, pairing)
+    token = csrf_of(browser)
+    answer = browser.post("/trips/limits", data={"days": "7", "mb": "2", "csrf": token})
+    assert answer.status_code == 302 and "kept 7 days, at most 2 MB" in answer.headers["Location"].replace("+", " ")
+    with OwnerArchive(archive_path(state)) as archive:
+        assert (archive.retention_days, archive.max_bytes) == (7, 2_000_000)
+    answer = browser.post("/trips/limits", data={"days": "0", "mb": "2", "csrf": token})
+    assert "retention_days" in answer.headers["Location"]
+    assert browser.post("/trips/limits", data={"days": "7", "mb": "2", "csrf": "wrong"}).status_code == 403
+    html = browser.get("/trips").get_data(as_text=True)
+    assert "at most 2 MB" in html and "for 7 days" in html

@@ -27,6 +27,11 @@ MIN_MAX_BYTES = 1_000_000
 WAL_PAGES = 128
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS owner_limits (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    retention_days REAL NOT NULL,
+    max_bytes INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS trips (
     id INTEGER PRIMARY KEY,
     start REAL NOT NULL,
@@ -135,6 +140,7 @@ class OwnerArchive:
             self._db.executescript(_SCHEMA)
             self._load_key_ids()
             self._seen_generation = self._db.execute("PRAGMA user_version").fetchone()[0]
+            self._load_owner_limits()
 
     # -- writing (the recorder) ------------------------------------------------------
     def _load_key_ids(self) -> None:
@@ -259,10 +265,24 @@ class OwnerArchive:
         return total
 
     # -- retention -------------------------------------------------------------------
-    def set_limits(self, retention_days: float, max_bytes: int) -> None:
+    def set_limits(self, retention_days: float, max_bytes: int, persist: bool = False) -> None:
+        """New limits; ``persist``: the owner's own choice (from their page), kept in the file, which wins
+        over the configuration's defaults in every process that opens the archive."""
         check_limits(retention_days, max_bytes)
         with self._lock:
             self.retention_days, self.max_bytes = retention_days, max_bytes
+            if persist:
+                self._db.execute("INSERT OR REPLACE INTO owner_limits VALUES (1, ?, ?)", (retention_days, max_bytes))
+
+    def _load_owner_limits(self) -> None:
+        row = self._db.execute("SELECT retention_days, max_bytes FROM owner_limits WHERE id = 1").fetchone()
+        if row is not None:
+            self.retention_days, self.max_bytes = row[0], int(row[1])
+
+    @property
+    def owner_chose_limits(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM owner_limits").fetchone() is not None
 
     def _used_bytes(self) -> int:
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
@@ -278,6 +298,7 @@ class OwnerArchive:
         """Drop trips that ended more than ``retention_days`` ago, then oldest trips until the file is
         under ``max_bytes``; never the trip ``keep`` (the one being recorded).  How many were dropped."""
         with self._lock:
+            self._load_owner_limits()  # the owner may have chosen new ones on their page (another process)
             cutoff = self._clock() - self.retention_days * DAY
             keep_id = -1 if keep is None else keep
             try:
@@ -322,7 +343,7 @@ class OwnerArchive:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                for table in ("samples", "positions", "trips", "signal_keys"):
+                for table in ("samples", "positions", "trips", "signal_keys", "owner_limits"):
                     self._db.execute(f"DELETE FROM {table}")
                 version = self._db.execute("PRAGMA user_version").fetchone()[0]
                 self._db.execute(f"PRAGMA user_version = {int(version) + 1}")

@@ -148,9 +148,24 @@ def create_app(backend: OwnerBackend, pairing: Pairing, config: OwnerPageConfig,
     def trips() -> str:
         archive = backend.archive()
         try:
-            return page("trips.html", trips=archive.trips(), size=archive.size_bytes())
+            return page("trips.html", trips=archive.trips(), size=archive.size_bytes(), archive=archive,
+                        message=request.args.get("message"))
         finally:
             archive.close()
+
+    @app.post("/trips/limits")
+    def trip_limits() -> Any:
+        archive = backend.archive()
+        try:
+            days, megabytes = float(request.form.get("days", "")), float(request.form.get("mb", ""))
+            archive.set_limits(days, int(megabytes * 1_000_000), persist=True)
+            dropped = archive.prune()
+        except ValueError as exc:
+            return redirect(url_for("trips", message=f"not changed: {exc}"))
+        finally:
+            archive.close()
+        return redirect(url_for("trips", message=f"trips are kept {days:g} days, at most {megabytes:g} MB; "
+                                                 f"{dropped} older trip(s) deleted now"))
 
     @app.get("/trips/<int:trip_id>")
     def trip(trip_id: int) -> str:
