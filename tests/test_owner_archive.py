@@ -425,8 +425,7 @@ def test_a_forget_in_another_process_is_not_undone_by_the_agents_recorder(truck,
         page_side.close()
 
 
-def test_the_owners_own_limits_win_over_the_configured_ones_in_every_process(truck, tmp_path):
-    decoder, frames = truck
+def test_the_owners_own_limits_win_over_the_configured_ones_in_every_process(tmp_path):
     path = tmp_path / "limits.db"
     with OwnerArchive(path, retention_days=30, max_bytes=50_000_000, clock=lambda: NOW) as page_side:
         assert not page_side.owner_chose_limits
