@@ -26,6 +26,7 @@ from agent.config import AgentConfig, limits_table, load_config, parse_config
 from agent.dbc import DbcError, load_dbc
 from agent.flow.parts import collection_plan
 from agent.incident.config import incident_config
+from agent.ownerpage.config import owner_page_config
 from agent.privacy.config import consent_config
 from agent.uplink.config import uplink_config
 from agent.yamlsrc import ConfigError, load_file, load_text
@@ -55,6 +56,7 @@ def every_section(text: str, source: str = SOURCE) -> AgentConfig:
     incident_config(config)
     camera_config(config)
     consent_config(config)
+    owner_page_config(config)
     return config
 
 
@@ -351,7 +353,7 @@ def test_a_number_field_without_a_declared_range_is_a_programming_error():
 
 def test_the_example_config_still_loads(repo_root):
     config = load_config(repo_root / "config" / "agent.yaml")
-    for parse in (collection_plan, uplink_config, incident_config, camera_config, consent_config):
+    for parse in (collection_plan, uplink_config, incident_config, camera_config, consent_config, owner_page_config):
         parse(config)
     assert config.vehicle.id == "demo-truck-01"
 
