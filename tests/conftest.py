@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import mosquitto, mosquitto_tls  # noqa: F401
+from tests.postgres import postgres  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

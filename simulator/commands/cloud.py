@@ -3,8 +3,9 @@
 Subscribes to every vehicle's batches (optionally as one member of a shared
 subscription group, so several receivers split a fleet), verifies, drops
 duplicates (same identity, same payload), keeps conflicts aside (same identity,
-another payload: the first stays stored), finds gaps, decodes into SQLite and
-prints a report when it stops: after ``--batches N`` unique batches, after
+another payload: the first stays stored), finds gaps, decodes into SQLite (or PostgreSQL:
+``--db postgresql://user@host:5432/name``, which several receivers may share)
+and prints a report when it stops: after ``--batches N`` unique batches, after
 ``--duration S`` seconds, or on Ctrl-C.
 
 ``vehicle-sim cloud anchor --db FILE --vehicle ID [-o OUT] [--conflicts]`` writes
@@ -31,8 +32,14 @@ from typing import Any
 from agent.cli.framework import add_command
 from agent.netlocal import is_loopback
 from agent.timespec import duration_type
-from simulator.receiver import Receiver, ReceiverStore, ReceiverTls, format_report
+from simulator.receiver import Receiver, ReceiverTls, format_report
 from simulator.receiver.access import UnknownVehicle, export_vehicle
+from simulator.receiver.migrations import SchemaTooNew
+from simulator.receiver.parquet import write_parquet
+from simulator.receiver.sql import is_postgres_url, redacted
+from simulator.receiver.store import ReceiverStore, open_receiver_store
+
+DB_HELP = "SQLite file or postgresql://USER@HOST:PORT/NAME URL"
 
 
 class CloudUsageError(ValueError):
@@ -41,16 +48,18 @@ class CloudUsageError(ValueError):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
-        subparsers, "cloud", "run the reference cloud receiver (MQTT -> SQLite + report)", examples=(
+        subparsers, "cloud", "run the reference cloud receiver (MQTT -> SQLite or PostgreSQL + report)", examples=(
             "vehicle-sim cloud --broker 127.0.0.1:1883 --db fleet.sqlite --duration 10m",
+            "vehicle-sim cloud --broker 127.0.0.1:1883 --db postgresql://rx@127.0.0.1:5432/fleet --share fleet",
             "vehicle-sim cloud --broker 127.0.0.1:8883 --ca ca.pem --cert rx.pem --key rx.key --batches 100 --json",
         ),
         description="Subscribe to vehicles/+/v1/data/+ on an MQTT v5 broker, verify and deduplicate batches, "
-                    "decode them into SQLite and report batches, samples, duplicates, conflicts, corrupt batches, "
-                    "gaps, bytes and latency.")
+                    "decode them into SQLite or PostgreSQL and report batches, samples, duplicates, conflicts, "
+                    "corrupt batches, gaps, bytes and latency.")
     parser.add_argument("--broker", metavar="HOST:PORT",
                         help="broker address, required to receive (port defaults to 1883, or 8883 with --ca)")
-    parser.add_argument("--db", default=":memory:", metavar="FILE", help="SQLite database (default: in memory)")
+    parser.add_argument("--db", default=":memory:", metavar="DB",
+                        help=f"receiver database: {DB_HELP} (default: SQLite in memory); receivers may share one")
     parser.add_argument("--share", metavar="GROUP", default=None,
                         help="join shared subscription GROUP ($share/GROUP/...): receivers split the fleet")
     parser.add_argument("--client-id", default=None, metavar="ID",
@@ -74,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write the latest ledger head the receiver kept for a vehicle (from its online status "
                     "messages; it never goes backwards) as JSON: vehicle, seq, line_sha256, signing_key, "
                     "status_time, received.  Exit 1 when the database has none for that vehicle.")
-    anchor.add_argument("--db", required=True, metavar="FILE", help="the receiver's SQLite database")
+    anchor.add_argument("--db", required=True, metavar="DB", help=f"the receiver's database: {DB_HELP}")
     anchor.add_argument("--vehicle", required=True, metavar="ID", help="vehicle id (as in its topics)")
     anchor.add_argument("-o", "--output", metavar="FILE", help="write the JSON to FILE (default: standard output)")
     anchor.add_argument("--conflicts", action="store_true",
@@ -90,16 +99,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "`vehicle-agent ledger reconcile DIR` compares the export with what the ledger says left.")
     export.add_argument("--vehicle", required=True, metavar="PSEUDONYM", help="vehicle id (as in its topics)")
     export.add_argument("--out", required=True, metavar="DIR", help="directory to write (new or empty)")
-    export.add_argument("--db", default="receiver.sqlite", metavar="FILE",
-                        help="the receiver's SQLite database (default: receiver.sqlite)")
+    export.add_argument("--db", default="receiver.sqlite", metavar="DB",
+                        help=f"the receiver's database: {DB_HELP} (default: receiver.sqlite)")
     export.set_defaults(func=run_export)
+    parquet = add_command(
+        actions, "parquet", "write the decoded samples as Parquet, partitioned by vehicle and day",
+        examples=("vehicle-sim cloud parquet --db postgresql://fleet@127.0.0.1:5432/fleet --out lake/",
+                  "vehicle-sim cloud parquet --db fleet.sqlite --out lake/ --vehicle v3f1c9a"),
+        description="Hive-style partitions OUT/vehicle=<pseudonym>/day=<YYYY-MM-DD>/part-0.parquet (zstd), for "
+                    "DuckDB, Spark or Athena.  OUT must be new or empty; a failed export leaves nothing half.")
+    parquet.add_argument("--db", required=True, metavar="DB", help=f"the receiver's database: {DB_HELP}")
+    parquet.add_argument("--out", required=True, metavar="DIR", help="directory to write (new or empty)")
+    parquet.add_argument("--vehicle", action="append", default=None, metavar="PSEUDONYM",
+                         help="only this vehicle (repeatable; default: every vehicle)")
+    parquet.set_defaults(func=run_parquet)
+
+
+def _one_line(exc: Exception) -> str:
+    """A database error (it names the database, a URL without its password) as one line."""
+    return " ".join(str(exc).split())
+
+
+def _existing_db(db: str) -> str:
+    """``--db`` of an action that reads a receiver database: a URL, or a SQLite file that exists."""
+    if not is_postgres_url(db) and not Path(db).is_file():
+        raise CloudUsageError(f"--db {db}: no such file")
+    return db
 
 
 def run_export(args: argparse.Namespace) -> int:
-    if not Path(args.db).is_file():
-        raise CloudUsageError(f"--db {args.db}: no such file")
     try:
-        summary = export_vehicle(args.db, args.vehicle, args.out)
+        summary = export_vehicle(_existing_db(args.db), args.vehicle, args.out)
+    except (SchemaTooNew, RuntimeError) as exc:
+        raise CloudUsageError(f"--db: {_one_line(exc)}") from None
     except UnknownVehicle as exc:
         print(f"vehicle-sim cloud export: {exc}", file=sys.stderr)
         return 1
@@ -109,18 +141,36 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_parquet(args: argparse.Namespace) -> int:
+    store = _open(_existing_db(args.db))
+    try:
+        summary = write_parquet(store, args.out, args.vehicle)
+    except ValueError as exc:
+        raise CloudUsageError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"wrote {summary.samples} samples of {summary.vehicles} vehicles into {len(summary.files)} Parquet files "
+          f"under {summary.out_dir}")
+    return 0
+
+
+def _open(db: str) -> ReceiverStore:
+    try:
+        return open_receiver_store(db)
+    except (SchemaTooNew, RuntimeError) as exc:
+        raise CloudUsageError(f"--db: {_one_line(exc)}") from None
+
+
 def run_anchor(args: argparse.Namespace) -> int:
-    if not Path(args.db).is_file():
-        raise CloudUsageError(f"--db {args.db}: no such file")
-    store = ReceiverStore(args.db)
+    store = _open(_existing_db(args.db))
     try:
         anchor = store.ledger_anchor(args.vehicle)
         conflicts = store.ledger_anchor_conflicts(args.vehicle) if args.conflicts else None
     finally:
         store.close()
     if anchor is None:
-        print(f"vehicle-sim cloud anchor: no ledger anchor for vehicle {args.vehicle!r} in {args.db} (its online "
-              "status messages carried none, or it never came)", file=sys.stderr)
+        print(f"vehicle-sim cloud anchor: no ledger anchor for vehicle {args.vehicle!r} in {redacted(args.db)} "
+              "(its online status messages carried none, or it never came)", file=sys.stderr)
         return 1
     document = {**anchor, **({"conflicts": conflicts} if conflicts is not None else {})}
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
@@ -185,8 +235,11 @@ def run(args: argparse.Namespace) -> int:
         raise CloudUsageError(f"--broker {host}: plaintext MQTT only to a loopback broker; give --ca for TLS")
     if args.batches is not None and args.batches < 1:
         raise CloudUsageError("--batches must be at least 1")
-    receiver = Receiver(host, port, args.db, tls=tls, shared_group=args.share, topic_prefix=args.topic_prefix,
-                        client_id=args.client_id, dictionaries=_dictionaries(args.dictionary))
+    try:
+        receiver = Receiver(host, port, args.db, tls=tls, shared_group=args.share, topic_prefix=args.topic_prefix,
+                            client_id=args.client_id, dictionaries=_dictionaries(args.dictionary))
+    except (SchemaTooNew, RuntimeError) as exc:
+        raise CloudUsageError(f"--db: {_one_line(exc)}") from None
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
         if threading.current_thread() is threading.main_thread() else None
@@ -229,4 +282,4 @@ def _output(report: dict[str, Any], args: argparse.Namespace) -> None:
     print(text if args.json else format_report(report))
     if report.get("conflicts"):
         print(f"vehicle-sim cloud: {report['conflicts']} payloads came under the identity of a stored batch with "
-              f"other content; kept aside in the conflicts table of {args.db}", file=sys.stderr)
+              f"other content; kept aside in the conflicts table of {redacted(args.db)}", file=sys.stderr)

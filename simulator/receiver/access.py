@@ -10,6 +10,7 @@
   samples.csv    vehicle, boot_id, seq, timestamp, bus, key, category, value, raw: every decoded sample of
                  those batches, batch by batch in the order of batches.jsonl, each batch's in arrival order
   manifest.json  vehicle, counts, the SHA-256 and size of the two files, the time written, the receiver DB
+                 (a SQLite file's absolute path, or the PostgreSQL URL without its password)
 
 Nothing of another vehicle is written.  Batches and samples are read in one read transaction, so a
 receiver writing the same database meanwhile cannot make the two files disagree.  The manifest is
@@ -25,13 +26,13 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.timespec import iso_local
-from simulator.receiver.store import ReceiverStore
+from simulator.receiver.sql import is_postgres_url
+from simulator.receiver.store import ReceiverStore, open_receiver_store
 
 EXPORT_FORMAT = "vehicle-data-access/1"
 BATCHES_FILE, SAMPLES_FILE, MANIFEST_FILE = "batches.jsonl", "samples.csv", "manifest.json"
@@ -59,15 +60,16 @@ class ExportSummary:
 
 
 def export_vehicle(store_or_path: ReceiverStore | str | Path, vehicle: str, out_dir: str | Path) -> ExportSummary:
-    """Write the vehicle's batches and samples into ``out_dir``.  ValueError for a non-empty ``out_dir``
-    or a missing database file; UnknownVehicle when the database holds nothing of ``vehicle``."""
+    """Write the vehicle's batches and samples into ``out_dir``.  ``store_or_path``: an open store, a SQLite
+    file or a ``postgresql://`` URL.  ValueError for a non-empty ``out_dir`` or a missing database file;
+    UnknownVehicle when the database holds nothing of ``vehicle``."""
     out = Path(out_dir)
     _check_out_dir(out)
     if isinstance(store_or_path, ReceiverStore):
         return _export(store_or_path, vehicle, out)
-    if not Path(store_or_path).is_file():
+    if not is_postgres_url(store_or_path) and not Path(store_or_path).is_file():
         raise ValueError(f"{store_or_path}: no such receiver database")
-    store = ReceiverStore(store_or_path)
+    store = open_receiver_store(store_or_path)
     try:
         return _export(store, vehicle, out)
     finally:
@@ -82,30 +84,18 @@ def _check_out_dir(out: Path) -> None:
                          "so no earlier file can pass for part of it)")
 
 
-@contextmanager
-def _snapshot(store: ReceiverStore) -> Iterator[Any]:
-    """The store's connection inside one read transaction (its lock held: the connection is shared)."""
-    with store._lock:  # one package: the store's single connection is guarded by this lock
-        db = store._db
-        db.execute("BEGIN")
-        try:
-            yield db
-        finally:
-            db.execute("COMMIT")
-
-
 def _export(store: ReceiverStore, vehicle: str, out: Path) -> ExportSummary:
-    with _snapshot(store) as db:
+    with store.snapshot() as db:
         total = db.execute("SELECT COUNT(*) FROM batches WHERE vehicle=?", (vehicle,)).fetchone()[0]
         if not total:
             vehicles = db.execute("SELECT COUNT(DISTINCT vehicle) FROM batches").fetchone()[0]
-            raise UnknownVehicle(f"no batches for vehicle {vehicle} in DB {store.path} (it holds batches of "
+            raise UnknownVehicle(f"no batches for vehicle {vehicle} in DB {store.location} (it holds batches of "
                                  f"{vehicles} vehicle{'' if vehicles == 1 else 's'})")
         out.mkdir(parents=True, exist_ok=True)
-        rows = db.execute(f"SELECT {', '.join(_BATCH_FIELDS)} FROM batches WHERE vehicle=? ORDER BY {_ORDER}",
+        rows = db.iterate(f"SELECT {', '.join(_BATCH_FIELDS)} FROM batches WHERE vehicle=? ORDER BY {_ORDER}",
                           (vehicle,))
         batches = _write_batches(out / BATCHES_FILE, (dict(zip(_BATCH_FIELDS, row)) for row in rows))
-        samples = db.execute("SELECT vehicle, boot_id, seq, timestamp, bus, key, category, value, raw FROM samples "
+        samples = db.iterate("SELECT vehicle, boot_id, seq, timestamp, bus, key, category, value, raw FROM samples "
                              f"WHERE vehicle=? ORDER BY {_ORDER}, rowid", (vehicle,))
         sample_count = _write_samples(out / SAMPLES_FILE, samples)
     files = {name: _file_digest(out / name) for name in (BATCHES_FILE, SAMPLES_FILE)}
@@ -117,7 +107,7 @@ def _export(store: ReceiverStore, vehicle: str, out: Path) -> ExportSummary:
         "files": files,
         "written": written,
         "written_iso": iso_local(written),
-        "receiver_db": os.path.abspath(store.path) if store.path != ":memory:" else store.path,
+        "receiver_db": store.location,
     }
     _write_durably(out / MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return ExportSummary(vehicle, out, batches, sample_count, files[BATCHES_FILE]["sha256"],

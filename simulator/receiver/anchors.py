@@ -21,18 +21,20 @@ A conflict is written to ``ledger_anchor_conflicts`` once: the same conflicting 
 status delivered at every reconnect, or published again each minute) adds no row.  An anchor without a
 signing key neither conflicts nor erases the one known.  Only ``online`` status messages carry an anchor;
 ``offline`` ones (the last will) never touch it.  The decision runs inside the caller's write transaction
-(``ReceiverStore.set_status``), so receivers sharing a database file agree.
+(``ReceiverStore.set_status``), so receivers sharing a database (a SQLite file, or PostgreSQL) agree.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.ledger_chain import valid_head
+
+if TYPE_CHECKING:
+    from simulator.receiver.sql import Database
 
 SQLITE_MAX = 2**63 - 1
 STORED, ADVANCED, CONFIRMED = "stored", "advanced", "confirmed"
@@ -46,26 +48,26 @@ _KEY = re.compile(r"SHA256:([0-9a-fA-F]{64})")
 
 ANCHOR_SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_anchors (
-    vehicle TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    line_sha256 TEXT NOT NULL,
-    signing_key TEXT,
-    status_time REAL,
-    received REAL NOT NULL
+    vehicle {KEYTEXT} PRIMARY KEY,
+    seq {INT} NOT NULL,
+    line_sha256 {TEXT} NOT NULL,
+    signing_key {TEXT},
+    status_time {REAL},
+    received {REAL} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ledger_anchor_conflicts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    vehicle TEXT NOT NULL,
-    received REAL NOT NULL,
-    kept_seq INTEGER NOT NULL,
-    kept_line_sha256 TEXT NOT NULL,
-    got_seq INTEGER NOT NULL,
-    got_line_sha256 TEXT NOT NULL,
-    got_signing_key TEXT,
-    reason TEXT NOT NULL
+    id {ID},
+    vehicle {KEYTEXT} NOT NULL,
+    received {REAL} NOT NULL,
+    kept_seq {INT} NOT NULL,
+    kept_line_sha256 {TEXT} NOT NULL,
+    got_seq {INT} NOT NULL,
+    got_line_sha256 {TEXT} NOT NULL,
+    got_signing_key {TEXT},
+    reason {TEXT} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_anchor_conflicts_of ON ledger_anchor_conflicts (vehicle)
-"""
+"""  # a template: simulator/receiver/sql.py renders the {TYPE} tokens for each database
 ANCHOR_COLUMNS = ("vehicle", "seq", "line_sha256", "signing_key", "status_time", "received")
 CONFLICT_COLUMNS = ("id", "vehicle", "received", "kept_seq", "kept_line_sha256", "got_seq", "got_line_sha256",
                     "got_signing_key", "reason")
@@ -123,7 +125,7 @@ def status_time(body: Any) -> float | None:
     return float(value)
 
 
-def record(db: sqlite3.Connection, vehicle: str, anchor: Anchor, when: float | None, received: float) -> str:
+def record(db: Database, vehicle: str, anchor: Anchor, when: float | None, received: float) -> str:
     """Apply the rules (module docstring) inside the caller's transaction: STORED, ADVANCED, CONFIRMED, one of
     CONFLICT_REASONS (a conflict written now) or REPEATED (that conflict is recorded already)."""
     row = db.execute("SELECT seq, line_sha256, signing_key, status_time FROM ledger_anchors WHERE vehicle=?",
@@ -150,11 +152,12 @@ def record(db: sqlite3.Connection, vehicle: str, anchor: Anchor, when: float | N
     return ADVANCED
 
 
-def _conflict(db: sqlite3.Connection, vehicle: str, received: float, kept: tuple[int, str], anchor: Anchor,
+def _conflict(db: Database, vehicle: str, received: float, kept: tuple[int, str], anchor: Anchor,
               reason: str) -> str:
     values = (vehicle, *kept, anchor.seq, anchor.line_sha256, anchor.signing_key, reason)
     seen = db.execute("SELECT 1 FROM ledger_anchor_conflicts WHERE vehicle=? AND kept_seq=? AND kept_line_sha256=? "
-                      "AND got_seq=? AND got_line_sha256=? AND got_signing_key IS ? AND reason=?", values).fetchone()
+                      f"AND got_seq=? AND got_line_sha256=? AND got_signing_key {db.dialect.null_safe_eq} ? "
+                      "AND reason=?", values).fetchone()
     if seen:
         return REPEATED
     db.execute("INSERT INTO ledger_anchor_conflicts (vehicle, kept_seq, kept_line_sha256, got_seq, got_line_sha256, "
@@ -162,12 +165,12 @@ def _conflict(db: sqlite3.Connection, vehicle: str, received: float, kept: tuple
     return reason
 
 
-def anchor_row(db: sqlite3.Connection, vehicle: str) -> dict[str, Any] | None:
+def anchor_row(db: Database, vehicle: str) -> dict[str, Any] | None:
     row = db.execute(f"SELECT {', '.join(ANCHOR_COLUMNS)} FROM ledger_anchors WHERE vehicle=?", (vehicle,)).fetchone()
     return None if row is None else dict(zip(ANCHOR_COLUMNS, row))
 
 
-def conflict_rows(db: sqlite3.Connection, vehicle: str | None = None) -> list[dict[str, Any]]:
+def conflict_rows(db: Database, vehicle: str | None = None) -> list[dict[str, Any]]:
     where, params = ("WHERE vehicle=?", (vehicle,)) if vehicle is not None else ("", ())
     rows = db.execute(f"SELECT {', '.join(CONFLICT_COLUMNS)} FROM ledger_anchor_conflicts {where} ORDER BY id",
                       params).fetchall()

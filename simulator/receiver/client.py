@@ -1,4 +1,4 @@
-"""The reference cloud receiver: subscribe, verify, deduplicate, decode into SQLite.
+"""The reference cloud receiver: subscribe, verify, deduplicate, decode into SQLite or PostgreSQL.
 
 A batch is named by (vehicle, store_epoch, boot_id, seq).  A repeat with the same
 payload SHA-256 is a duplicate (dropped, counted); with another payload it is a
@@ -14,6 +14,9 @@ kept per vehicle, never going backwards (``simulator.receiver.anchors``).
 
 Several receivers can split a fleet with an MQTT v5 shared subscription
 (``shared_group``): the broker hands each batch to one member of the group.
+They can share one database (``db_path`` a ``postgresql://`` URL, or one SQLite
+file): the database decides duplicates and conflicts, and the report (gaps too)
+is computed from what it holds, so every member reports the same.
 
 The receiver keeps a persistent session (fixed client id, clean_start false,
 session expiry) with QoS 1 subscriptions, so batches published while it is
@@ -56,7 +59,7 @@ from agent.uplink.topics import (
 from simulator.receiver import anchors
 from simulator.receiver.decode import BatchRejected, decode_late, verify_batch
 from simulator.receiver.report import build_report
-from simulator.receiver.store import CONFLICT, STORED, ReceiverStore
+from simulator.receiver.store import CONFLICT, STORED, open_receiver_store
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class Receiver:
         self.shared_group = shared_group
         self.client_id = client_id or f"receiver-{uuid.uuid4().hex[:12]}"
         data_filter(topic_prefix, shared_group)  # a bad group name fails here, not in the network thread
-        self.store = ReceiverStore(db_path)
+        self.store = open_receiver_store(db_path)  # a SQLite path or a postgresql:// URL
         self._clock = clock
         self._dictionaries = {**self.store.dictionaries(), **(dictionaries or {})}
         self._categories_of = dict(categories_of or {})

@@ -8,7 +8,11 @@ Gaps are holes in the batch sequence numbers.  A stream's batches are numbered
 per (vehicle, store epoch, boot) by ``stream_seq`` when the header has it, else
 the boot-wide ``seq`` is used and holes are looked for across the whole boot.  A
 hole can be data that never left the vehicle (consent purge, buffer eviction) as
-well as data lost on the way: the report shows it, the operator decides.
+well as data lost on the way: the report shows it, the operator decides.  Gaps,
+like every count here, are computed from the stored batches in the database, never
+from one process's memory: receivers sharing a database (shared subscription
+members each storing part of a stream) report the same holes, and none that
+another member filled.
 
 Ledger anchors: the ledger seq kept per vehicle (the head its online status
 published last, never going backwards) and the anchors that would have moved it

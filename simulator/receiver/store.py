@@ -1,4 +1,4 @@
-"""The reference receiver's SQLite database.
+"""The reference receiver's database: SQLite (embedded, the default) or PostgreSQL (``postgresql://`` URL).
 
 A batch's identity is (vehicle, store_epoch, boot_id, seq) (docs/payload.md, "Batch identity"); batches
 without a ``store_epoch`` header (older agents) have the epoch "".  Tables:
@@ -18,127 +18,40 @@ without a ``store_epoch`` header (older agents) have the epoch "".  Tables:
   counters  duplicates, conflicts and received bytes
 
 Whether a batch is new, a duplicate (same identity, same payload SHA-256) or a conflict (same identity,
-other payload) is decided by the database in one write transaction, so receivers sharing a file agree.
-Written by the MQTT network thread, read by report(); one connection guarded by a lock.
+other payload) is decided by the database in one write transaction, so receivers sharing a database (a
+file, or one PostgreSQL database) agree.  The SQL is written once: simulator/receiver/sql.py covers what the
+two databases do differently, simulator/receiver/migrations.py the versioned schema.  Written by the MQTT
+network thread, read by report(); one connection guarded by a lock.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from simulator.receiver import anchors
-from simulator.receiver.anchors import ANCHOR_SCHEMA, Anchor
+from simulator.receiver.anchors import Anchor
+from simulator.receiver.migrations import KEY, SCHEMA_VERSION, SchemaTooNew, migrate
+from simulator.receiver.sql import Database, connect, upsert
 
 STORED, DUPLICATE, CONFLICT = "stored", "duplicate", "conflict"
 CONFLICT_PAYLOAD_MAX_BYTES = 1024 * 1024  # a conflicting payload larger than this is not kept (its row is)
 CONFLICT_PAYLOAD_BUDGET_BYTES = 64 * 1024 * 1024  # conflicting payloads kept in all; later ones: row only
-SCHEMA_VERSION = 3  # 1: keyed (vehicle, boot_id, seq), no payload SHA-256, no conflicts table; 2: no anchors
 
-_KEY = "vehicle, store_epoch, boot_id, seq"
+_KEY = KEY
 _WHERE_KEY = "vehicle=? AND store_epoch=? AND boot_id=? AND seq=?"
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS batches (
-    vehicle TEXT NOT NULL,
-    store_epoch TEXT NOT NULL,
-    boot_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    stream TEXT NOT NULL,
-    stream_seq INTEGER,
-    priority INTEGER NOT NULL,
-    categories TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    payload_sha256 TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    samples INTEGER NOT NULL,
-    t_first REAL,
-    t_last REAL,
-    closed REAL,
-    received REAL NOT NULL,
-    latency REAL,
-    consent_version TEXT,
-    decoded INTEGER NOT NULL,
-    arrival INTEGER NOT NULL,
-    PRIMARY KEY ({_KEY})
-);
-CREATE TABLE IF NOT EXISTS samples (
-    vehicle TEXT NOT NULL,
-    store_epoch TEXT NOT NULL,
-    boot_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    timestamp REAL NOT NULL,
-    bus TEXT NOT NULL,
-    key TEXT NOT NULL,
-    category TEXT NOT NULL,
-    value,
-    raw
-);
-CREATE INDEX IF NOT EXISTS samples_of_batch ON samples ({_KEY});
-CREATE TABLE IF NOT EXISTS conflicts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    vehicle TEXT NOT NULL,
-    store_epoch TEXT NOT NULL,
-    boot_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    stream TEXT NOT NULL,
-    payload_sha256 TEXT NOT NULL,
-    stored_sha256 TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    received REAL NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB,
-    repeats INTEGER NOT NULL DEFAULT 1,
-    UNIQUE ({_KEY}, payload_sha256)
-);
-CREATE TABLE IF NOT EXISTS corrupt (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    vehicle TEXT,
-    topic TEXT NOT NULL,
-    received REAL NOT NULL,
-    bytes INTEGER NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS status (
-    vehicle TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    received REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dictionaries (
-    id TEXT PRIMARY KEY,
-    data BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS undecoded (
-    vehicle TEXT NOT NULL,
-    store_epoch TEXT NOT NULL,
-    boot_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    dictionary TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    PRIMARY KEY ({_KEY})
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
 _BATCH_COLUMNS = ("vehicle", "store_epoch", "boot_id", "seq", "stream", "stream_seq", "priority", "categories",
                   "sha256", "payload_sha256", "bytes", "samples", "t_first", "t_last", "closed", "received",
                   "latency", "consent_version", "decoded", "arrival")
-_SAMPLE_COLUMNS = "vehicle, store_epoch, boot_id, seq, timestamp, bus, key, category, value, raw"
-# Version 1 tables get the new key with epoch "" (what a batch without store_epoch has) and an unknown
-# payload SHA-256 (""): a repeat of such a batch is then judged by its body SHA-256 alone.
-_MIGRATE_1 = {
-    "batches": "'' AS store_epoch, boot_id, seq, stream, stream_seq, priority, categories, sha256, "
-               "'' AS payload_sha256, bytes, samples, t_first, t_last, closed, received, latency, consent_version, "
-               "decoded, arrival",
-    "samples": "'' AS store_epoch, boot_id, seq, timestamp, bus, key, category, value, raw",
-    "undecoded": "'' AS store_epoch, boot_id, seq, dictionary, payload",
-}
+_SAMPLE_COLUMNS = ("vehicle", "store_epoch", "boot_id", "seq", "timestamp", "bus", "key", "category", "value", "raw")
+_CONFLICT_COLUMNS = ("vehicle", "store_epoch", "boot_id", "seq", "stream", "payload_sha256", "stored_sha256",
+                     "bytes", "received", "topic", "payload")
+_STATUS_UPSERT = upsert("status", ("vehicle", "state", "payload", "received"), ("vehicle",))
+_UNDECODED_UPSERT = upsert("undecoded", (*_SAMPLE_COLUMNS[:4], "dictionary", "payload"), _SAMPLE_COLUMNS[:4])
 
 
 @dataclass(frozen=True)
@@ -173,89 +86,72 @@ BatchKey = tuple[str, str, str, int]  # vehicle, store_epoch, boot_id, seq
 
 
 class ReceiverStore:
-    def __init__(self, path: str | Path = ":memory:") -> None:
-        self.path = str(path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL" if self.path != ":memory:" else "PRAGMA journal_mode=MEMORY")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._open_schema()
+    """The receiver's tables in one database: ``db`` a SQLite path (``:memory:`` by default) or a
+    ``postgresql://`` URL.  Opening migrates the schema (simulator/receiver/migrations.py)."""
 
-    def _open_schema(self) -> None:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    def __init__(self, db: str | Path = ":memory:") -> None:
+        self.path = str(db)  # as given (a URL may carry a password: ``location`` is the one to show)
+        self._sql = connect(db)
         try:
-            columns = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
-            if columns and "store_epoch" not in columns:
-                for table in _MIGRATE_1:
-                    db.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
-                db.execute("DROP INDEX IF EXISTS samples_batch")
-            for statement in filter(str.strip, (_SCHEMA + ";" + ANCHOR_SCHEMA).split(";")):
-                db.execute(statement)  # not executescript: that would commit this transaction half-way
-            for table, select in _MIGRATE_1.items():
-                if db.execute("SELECT 1 FROM sqlite_master WHERE name=?", (f"{table}_v1",)).fetchone():
-                    db.execute(f"INSERT INTO {table} SELECT vehicle, {select} FROM {table}_v1")
-                    db.execute(f"DROP TABLE {table}_v1")
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("COMMIT")
+            migrate(self._sql)
         except BaseException:
-            db.execute("ROLLBACK")
+            self._sql.close()
             raise
+        self._lock = self._sql.lock
+
+    @property
+    def location(self) -> str:
+        """The database for people: an absolute SQLite path (or ``:memory:``), a URL without password."""
+        if self._sql.dialect.name == "sqlite" and self.path != ":memory:":
+            return os.path.abspath(self.path)
+        return self._sql.location
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._sql.dialect.name
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._sql.close()
 
     def _bump(self, name: str, amount: int = 1) -> None:
-        self._db.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
-                         "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, amount))
+        self._sql.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
+                          "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", (name, amount))
 
     def _counter(self, name: str) -> int:
-        row = self._db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        row = self._sql.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
     def has_batch(self, vehicle: str, boot_id: str, seq: int, store_epoch: str = "") -> bool:
-        with self._lock:
-            row = self._db.execute(f"SELECT 1 FROM batches WHERE {_WHERE_KEY}",
-                                   (vehicle, store_epoch, boot_id, seq)).fetchone()
-        return row is not None
+        return bool(self.query(f"SELECT 1 FROM batches WHERE {_WHERE_KEY}", (vehicle, store_epoch, boot_id, seq)))
 
     def add_batch(self, batch: BatchRow, samples: Iterable[SampleRow], *, payload: bytes, topic: str,
                   needs_dictionary: str | None = None) -> str:
         """Store a verified batch and its samples: STORED, DUPLICATE (its identity is stored with the same
         payload SHA-256: counted, dropped) or CONFLICT (stored with another payload: counted, the payload
-        kept aside in ``conflicts``, the stored batch untouched).  One write transaction decides, so the
-        first payload stored under an identity stays, whoever else writes the file.  ``needs_dictionary``:
-        the batch is verified but waits for that zstd dictionary (its payload is kept until it comes)."""
+        kept aside in ``conflicts``, the stored batch untouched).  One write transaction decides (the
+        primary key on the identity, INSERT ... ON CONFLICT DO NOTHING, then what is there), so the first
+        payload stored under an identity stays, whoever else writes the database.  The samples go in
+        with it, in one executemany (SQLite) or COPY (PostgreSQL).  ``needs_dictionary``: the batch is
+        verified but waits for that zstd dictionary (its payload is kept until it comes)."""
         values = {name: getattr(batch, name, None) for name in _BATCH_COLUMNS}
         values["decoded"] = int(batch.decoded)
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._bump("bytes_received", batch.bytes)
-                values["arrival"] = db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
-                cursor = db.execute(
-                    f"INSERT INTO batches ({', '.join(_BATCH_COLUMNS)}) VALUES ({', '.join('?' * len(values))}) "
-                    f"ON CONFLICT ({_KEY}) DO NOTHING", tuple(values[name] for name in _BATCH_COLUMNS))
-                if cursor.rowcount == 0:
-                    outcome = self._repeat(batch, payload, topic)
-                    db.execute("COMMIT")
-                    return outcome
-                db.executemany(f"INSERT INTO samples ({_SAMPLE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                               ((*batch.key, *sample) for sample in samples))
-                if needs_dictionary is not None:
-                    db.execute("INSERT OR REPLACE INTO undecoded VALUES (?,?,?,?,?,?)",
-                               (*batch.key, needs_dictionary, payload))
-                db.execute("COMMIT")
-                return STORED
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._sql.write() as db:
+            self._bump("bytes_received", batch.bytes)
+            values["arrival"] = db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+            cursor = db.execute(
+                f"INSERT INTO batches ({', '.join(_BATCH_COLUMNS)}) VALUES ({', '.join('?' * len(values))}) "
+                f"ON CONFLICT ({_KEY}) DO NOTHING", tuple(values[name] for name in _BATCH_COLUMNS))
+            if cursor.rowcount == 0:
+                return self._repeat(batch, payload, topic)
+            db.insert_many("samples", _SAMPLE_COLUMNS, ((*batch.key, *sample) for sample in samples))
+            if needs_dictionary is not None:
+                db.execute(_UNDECODED_UPSERT, (*batch.key, needs_dictionary, payload))
+            return STORED
 
     def _repeat(self, batch: BatchRow, payload: bytes, topic: str) -> str:
         """A batch whose identity is stored already (inside add_batch's transaction)."""
-        db = self._db
+        db = self._sql
         stored_payload, stored_body = db.execute(f"SELECT payload_sha256, sha256 FROM batches WHERE {_WHERE_KEY}",
                                                  batch.key).fetchone()
         same = stored_payload == batch.payload_sha256 if stored_payload else stored_body == batch.sha256
@@ -271,103 +167,90 @@ class ReceiverStore:
             self._counter("conflict_payload_bytes") + len(payload) <= CONFLICT_PAYLOAD_BUDGET_BYTES
         if kept:
             self._bump("conflict_payload_bytes", len(payload))
-        db.execute("INSERT INTO conflicts (vehicle, store_epoch, boot_id, seq, stream, payload_sha256, stored_sha256, "
-                   "bytes, received, topic, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        db.execute(f"INSERT INTO conflicts ({', '.join(_CONFLICT_COLUMNS)}) VALUES "
+                   f"({', '.join('?' * len(_CONFLICT_COLUMNS))})",
                    (*batch.key, batch.stream, batch.payload_sha256, stored_payload or f"body:{stored_body}",
                     len(payload), batch.received, topic, payload if kept else None))
         return CONFLICT
 
     def add_dictionary(self, dictionary_id: str, data: bytes) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO dictionaries VALUES (?, ?)", (dictionary_id, data))
+        with self._sql.write() as db:
+            db.execute("INSERT INTO dictionaries (id, data) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                       (dictionary_id, data))
 
     def dictionaries(self) -> dict[str, bytes]:
-        return dict(self.query("SELECT id, data FROM dictionaries"))
+        return {name: bytes(data) for name, data in self.query("SELECT id, data FROM dictionaries")}
 
     def waiting_for(self, dictionary_id: str) -> list[tuple[BatchKey, str, bytes]]:
         """((vehicle, store_epoch, boot_id, seq), stream, payload) of the batches that need this dictionary."""
         rows = self.query("SELECT u.vehicle, u.store_epoch, u.boot_id, u.seq, b.stream, u.payload FROM undecoded u "
                           "JOIN batches b USING (vehicle, store_epoch, boot_id, seq) WHERE u.dictionary=?",
                           (dictionary_id,))
-        return [((vehicle, epoch, boot_id, int(seq)), stream, payload)
+        return [((vehicle, epoch, boot_id, int(seq)), stream, bytes(payload))
                 for vehicle, epoch, boot_id, seq, stream, payload in rows]
 
     def add_late_samples(self, key: BatchKey, samples: Iterable[SampleRow]) -> None:
         """Samples of a batch decoded once its dictionary arrived."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(f"INSERT INTO samples ({_SAMPLE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                               ((*key, *sample) for sample in samples))
-                db.execute(f"UPDATE batches SET decoded=1 WHERE {_WHERE_KEY}", key)
-                db.execute(f"DELETE FROM undecoded WHERE {_WHERE_KEY}", key)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._sql.write() as db:
+            db.insert_many("samples", _SAMPLE_COLUMNS, ((*key, *sample) for sample in samples))
+            db.execute(f"UPDATE batches SET decoded=1 WHERE {_WHERE_KEY}", key)
+            db.execute(f"DELETE FROM undecoded WHERE {_WHERE_KEY}", key)
 
     def reject_late(self, key: BatchKey, topic: str, received: float, reason: str) -> None:
         """A batch kept for its dictionary that does not decode with it: it moves from batches to corrupt."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute(f"SELECT bytes FROM batches WHERE {_WHERE_KEY}", key).fetchone()
-                db.execute(f"DELETE FROM undecoded WHERE {_WHERE_KEY}", key)
-                db.execute(f"DELETE FROM batches WHERE {_WHERE_KEY}", key)
-                db.execute("INSERT INTO corrupt(vehicle, topic, received, bytes, reason) VALUES (?,?,?,?,?)",
-                           (key[0], topic, received, row[0] if row else 0, reason))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._sql.write() as db:
+            row = db.execute(f"SELECT bytes FROM batches WHERE {_WHERE_KEY}", key).fetchone()
+            db.execute(f"DELETE FROM undecoded WHERE {_WHERE_KEY}", key)
+            db.execute(f"DELETE FROM batches WHERE {_WHERE_KEY}", key)
+            db.execute("INSERT INTO corrupt(vehicle, topic, received, bytes, reason) VALUES (?,?,?,?,?)",
+                       (key[0], topic, received, row[0] if row else 0, reason))
 
     def add_duplicate(self, size: int) -> None:
-        with self._lock:
+        with self._sql.write():
             self._bump("duplicates")
             self._bump("bytes_received", size)
 
     def add_corrupt(self, vehicle: str | None, topic: str, received: float, size: int, reason: str) -> None:
-        with self._lock:
-            self._db.execute("INSERT INTO corrupt(vehicle, topic, received, bytes, reason) VALUES (?,?,?,?,?)",
-                             (vehicle, topic, received, size, reason))
+        with self._sql.write() as db:
+            db.execute("INSERT INTO corrupt(vehicle, topic, received, bytes, reason) VALUES (?,?,?,?,?)",
+                       (vehicle, topic, received, size, reason))
             self._bump("bytes_received", size)
 
     def set_status(self, vehicle: str, state: str, payload: str, received: float, anchor: Anchor | None = None,
                    status_time: float | None = None) -> str | None:
         """The vehicle's last status, and with it (one write transaction) the ledger ``anchor`` it carries:
         the outcome of ``anchors.record`` (None without an anchor)."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("INSERT OR REPLACE INTO status VALUES (?,?,?,?)", (vehicle, state, payload, received))
-                outcome = None if anchor is None else anchors.record(db, vehicle, anchor, status_time, received)
-                db.execute("COMMIT")
-                return outcome
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._sql.write() as db:
+            db.execute(_STATUS_UPSERT, (vehicle, state, payload, received))
+            return None if anchor is None else anchors.record(db, vehicle, anchor, status_time, received)
 
     def ledger_anchor(self, vehicle: str) -> dict[str, Any] | None:
         """{"vehicle", "seq", "line_sha256", "signing_key", "status_time", "received"} or None: what
         ``vehicle-agent ledger verify --against`` reads."""
         with self._lock:
-            return anchors.anchor_row(self._db, vehicle)
+            return anchors.anchor_row(self._sql, vehicle)
 
     def ledger_anchor_conflicts(self, vehicle: str | None = None) -> list[dict[str, Any]]:
         """Anchors that would have moved a vehicle's kept anchor back (or changed its key), oldest first."""
         with self._lock:
-            return anchors.conflict_rows(self._db, vehicle)
+            return anchors.conflict_rows(self._sql, vehicle)
 
     def bump(self, name: str, amount: int = 1) -> None:
-        with self._lock:
+        with self._sql.write():
             self._bump(name, amount)
 
-    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Rows of one statement written with ``?`` placeholders (either database)."""
         with self._lock:
-            return self._db.execute(sql, params).fetchall()
+            cursor = self._sql.execute(sql, params)
+            return [] if cursor.description is None else [tuple(row) for row in cursor.fetchall()]
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Database]:
+        """One read transaction (the store's connection held): every query sees the same database state.
+        ``execute`` and ``iterate`` of what it yields take ``?`` placeholders too."""
+        with self._sql.read() as db:
+            yield db
 
     def counter(self, name: str) -> int:
         with self._lock:
@@ -379,3 +262,13 @@ class ReceiverStore:
 
     def batch_count(self) -> int:
         return int(self.query("SELECT COUNT(*) FROM batches")[0][0])
+
+
+def open_receiver_store(db: str | Path = ":memory:") -> ReceiverStore:
+    """The receiver's store on ``db``: a ``postgresql://``/``postgres://`` URL, or a SQLite path (the embedded
+    default; ``:memory:`` in memory).  Migrates the schema; SchemaTooNew for a database of newer code."""
+    return ReceiverStore(db)
+
+
+__all__ = ["CONFLICT", "CONFLICT_PAYLOAD_BUDGET_BYTES", "CONFLICT_PAYLOAD_MAX_BYTES", "DUPLICATE", "SCHEMA_VERSION",
+           "STORED", "BatchKey", "BatchRow", "ReceiverStore", "SampleRow", "SchemaTooNew", "open_receiver_store"]
