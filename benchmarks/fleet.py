@@ -72,7 +72,9 @@ def ingest(broker: LocalBroker, db: str, receivers: int, backlogs, work: Path, k
     run.mkdir()
     total = sum(b for _, _, b, _ in backlogs)
     samples = sum(s for _, _, _, s in backlogs)
-    group = Receivers(broker, db, receivers, run)
+    # A group of its own per run: a member's persistent session outlives its process, and the broker keeps
+    # handing the group's share to it (queued, never stored here) until the session expires.
+    group = Receivers(broker, db, receivers, run, group=run.name.replace("-", ""))
     stores, uplinks = [], []
     killed = False
     try:
@@ -112,7 +114,7 @@ def ingest(broker: LocalBroker, db: str, receivers: int, backlogs, work: Path, k
 def latency(broker: LocalBroker, db: str, work: Path, vehicles: int, seconds: float) -> dict:
     run = work / f"latency-{time.monotonic_ns()}"
     run.mkdir()
-    group = Receivers(broker, db, 2, run)
+    group = Receivers(broker, db, 2, run, group=run.name.replace("-", ""))
     try:
         report = run_fleet(FleetOptions(vehicles=vehicles, duration=seconds, broker_host=broker.host,
                                         broker_port=broker.port, speed=1.0, batch_age_s=1.0, work_dir=run))

@@ -28,7 +28,7 @@ class Receivers:
         log = open(self.work / f"{client_id}.log", "a")
         process = subprocess.Popen([sys.executable, "-m", "simulator.cli", "cloud", "--broker",
                                     f"{self.broker.host}:{self.broker.port}", "--db", self.db, "--share", self.group,
-                                    "--client-id", client_id], cwd=REPO, stdout=log, stderr=log)
+                                    "--client-id", f"{self.group}-{client_id}"], cwd=REPO, stdout=log, stderr=log)
         self.processes[client_id] = process
         deadline = time.monotonic() + 30
         while "subscribed on" not in (self.work / f"{client_id}.log").read_text():

@@ -18,6 +18,7 @@ from agent.flow.parts import decoder_from_config
 from agent.model import SignalSpec
 from agent.sources.candump_text import CandumpTextSource
 from agent.sources.log import LogSource
+from agent.transport_decode import wrap_for_transport
 
 
 def add_dbc_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -72,7 +73,8 @@ def decoder_from_args(args: argparse.Namespace, wanted: Callable[[SignalSpec], b
     j1939 = args.j1939
     if j1939 is not None and not j1939:
         j1939 = ["*"]
-    return Decoder(bus_dbcs, catalog, wanted=wanted, j1939_buses=j1939 or ())
+    # Messages longer than a CAN frame (UDS responses) are reassembled from ISO-TP first (agent/transport_decode).
+    return wrap_for_transport(Decoder(bus_dbcs, catalog, wanted=wanted, j1939_buses=j1939 or ()), bus_dbcs)
 
 
 def bus_map_from_config(config: AgentConfig) -> dict[str, str]:

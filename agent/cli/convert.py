@@ -9,7 +9,11 @@ What python-can's writers would lose silently is handled or said:
 * a frame stamped before the log's first frame (a logger clock reset, interleaved buses): the candump,
   ASC and BLF writers measure time from the first frame and would restamp or misplace it, so they are
   started at the earliest timestamp instead (found in a first pass);
-* TRC holds neither remote nor error frames: they are skipped and counted.
+* TRC holds neither remote nor error frames: they are skipped and counted;
+* MF4 numbers its bus channels from 1 (a CANedge's channel 1 is ``can0``) and python-can's writer stores
+  the channel as given, so ``canN`` is written as channel N+1; its header start time is set to the log's
+  earliest frame (python-can's writer would use the time of the conversion), so the stored offsets are small
+  and keep their precision.  The file is only written when the writer stops, before the rename.
 
 The output is written to a temporary file beside OUT and renamed at the end, so a failed conversion never
 leaves half a file, nor (with --force) destroys the old one.
@@ -22,6 +26,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import can
@@ -37,6 +42,7 @@ from agent.sources.log import TEXT_SUFFIXES, LogError, LogSource
 COMPRESSIBLE = TEXT_SUFFIXES
 NUMBERED_CHANNELS = {".asc", ".blf", ".trc", ".mf4"}
 NO_REMOTE_OR_ERROR = {".trc"}  # python-can's TRC writer drops them with a warning per frame
+FIRST_CHANNEL = {".mf4": 1}  # formats whose writer stores the channel number as given and that count from 1
 
 
 def known_formats() -> list[str]:
@@ -116,6 +122,12 @@ def start_writer_at(writer: can.io.generic.MessageWriter, earliest: float) -> No
         writer.log_event("Start of measurement", earliest)  # what the writer does on its first frame
     elif isinstance(writer, can.BLFWriter):
         writer.start_timestamp = math.floor(earliest * 1000) / 1000  # the header holds milliseconds
+    elif isinstance(writer, can.MF4Writer):
+        # The header holds an absolute time (not before 1970): a log on its own clock (from 0, reset, negative)
+        # starts at the epoch and its frames keep their offsets, negative ones included.
+        start = max(0.0, math.floor(earliest * 1e6) / 1e6)
+        writer._mdf.header.start_time = datetime.fromtimestamp(start, tz=timezone.utc)
+        writer._start_time = writer.last_timestamp = start
 
 
 def temporary_path(output: Path) -> Path:
@@ -146,23 +158,24 @@ def run(args: argparse.Namespace) -> int:
     plain_format = out_format.removesuffix(".gz")
     numbers = channel_numbers(list(found.buses)) if plain_format in NUMBERED_CHANNELS else {}
     skip_special = plain_format in NO_REMOTE_OR_ERROR
+    first_channel = FIRST_CHANNEL.get(plain_format, 0)
     temporary = temporary_path(output)
     written = skipped = 0
     bar = progress(f"converting {source.name}", total=found.frames, unit="frames")
     try:
         try:
             writer = can.Logger(str(temporary))
-        except ImportError as exc:
+        except (ImportError, NotImplementedError) as exc:  # python-can's MF4Writer without asammdf: the latter
             raise ValueError(f"{output}: writing {out_format} needs an optional package: {exc}") from None
         try:
-            if found.before_first:
+            if found.before_first or isinstance(writer, can.MF4Writer):
                 start_writer_at(writer, found.earliest)
             for bus, msg in LogSource(source, strict=False):
                 if skip_special and (msg.is_remote_frame or msg.is_error_frame):
                     skipped += 1
                     continue
                 if numbers:
-                    msg.channel = numbers[bus]
+                    msg.channel = numbers[bus] + first_channel
                 writer.on_message_received(msg)
                 written += 1
                 bar.advance()

@@ -22,6 +22,7 @@ from agent.model import SignalSpec
 from agent.privacy import ConsentPolicy, ConsentStore, Pseudonymizer, consent_config
 from agent.privacy.store import load_state_file
 from agent.service.statedir import prepare_state_dir
+from agent.transport_decode import wrap_for_transport
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ def decoder_from_config(config: AgentConfig, wanted: Callable[[SignalSpec], bool
     """A decoder for the configured buses: their DBCs, and the catalogs beside them."""
     bus_dbcs = {bus.name: [load_dbc(config.resolve(path)) for path in bus.dbc] for bus in config.buses}
     catalog = load_catalogs(bus_dbcs, [])
-    return Decoder(bus_dbcs, catalog, wanted=wanted, j1939_buses=[b.name for b in config.buses if b.j1939])
+    # Messages longer than a CAN frame (UDS responses) are reassembled from ISO-TP first (agent/transport_decode).
+    return wrap_for_transport(Decoder(bus_dbcs, catalog, wanted=wanted,
+                                      j1939_buses=[b.name for b in config.buses if b.j1939]), bus_dbcs)
 
 
 def decoder_for(config: AgentConfig, plan: CollectionPlan, also: SignalFilter | None = None) -> Decoder:

@@ -20,8 +20,9 @@ logs (BLF, MF4) cannot be resumed past damage; they stop there as before.
 
 Channel -> bus naming when no mapping is given: candump keeps its names
 (``can0``, ``pcan``); numbered channels are normalised to ``can<N>`` counting
-from 0 (ASC and BLF already count from 0, TRC counts from 1); CSV has no
-channel and becomes ``can0``.
+from 0 (ASC and BLF already count from 0, TRC and MF4 count from 1: an MF4's
+BusChannel 1 is the ASC's channel 1, read as can0); CSV has no channel and
+becomes ``can0``.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from typing import Any
 import can
 from can.io.player import MESSAGE_READERS
 
+from agent.sources.mf4check import mf4_detail
+
 TEXT_SUFFIXES = {".log", ".asc", ".trc", ".csv"}
 BLF_HEADER_SIZE = 144  # a writer that never finished its file leaves this (or 0) as the file size
 FORMAT_NAMES = {".asc": "an ASC", ".blf": "a BLF", ".log": "a candump", ".trc": "a TRC", ".csv": "a python-can CSV",
                 ".mf4": "an MF4"}
 # The first channel number each reader reports.
-CHANNEL_BASE = {".asc": 0, ".blf": 0, ".trc": 1, ".mf4": 0, ".log": 0, ".csv": 0}
+CHANNEL_BASE = {".asc": 0, ".blf": 0, ".trc": 1, ".mf4": 1, ".log": 0, ".csv": 0}
 
 
 class LogError(ValueError):
@@ -278,7 +281,7 @@ class LogSource:
                 file.close_file()
             elif file is not None and not isinstance(file, str):
                 file.close()
-            if isinstance(exc, ImportError):
+            if isinstance(exc, (ImportError, NotImplementedError)):  # python-can's MF4Reader without asammdf
                 raise LogError(f"{self.path}: reading {self.suffix} needs an optional package: {exc}") from None
             detail = _blf_detail(file if isinstance(file, _BinaryProbe) else None, None)
             self._fail(f"{self.path}: read 0 frames; the file ended early ({detail})" if detail else
@@ -353,6 +356,8 @@ class LogSource:
             self._count_damage(counting.line, "cut off (the file ends inside it)")
             cut_off = None
         detail = cut_off or _asc_detail(counting) or _blf_detail(probe, reader)
+        if not detail and self.suffix == ".mf4" and not self.compressed:
+            detail = mf4_detail(self.path)
         if detail:
             self._fail(f"{self.path}: read {_frames(self.stats.frames)}; the file ended early ({detail})")
         elif self.stats.frames == 0 and not self.stats.damaged:
