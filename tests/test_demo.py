@@ -66,7 +66,9 @@ def test_default_demo_shows_what_arrived_under_each_consent_once_and_readably(tm
     # Phase 1: nothing arrived, so everything decoded is held back, per category.
     assert re.search(r"driving 20: .*location 16: .*vehicle_health 5: EEC1\.EngineSpeed", phase1, re.S)
     # Readable in a terminal: no line wider than 100 columns, no line of the incident part said twice.
-    assert max(len(line) for line in out.splitlines()[2:]) <= 100
+    # Readable in a terminal: no line past 100 characters, but for the paths of the work directory, which are
+    # as long as the directory given (CI's pytest-N numbering made one 101).
+    assert max(len(line) for line in out.splitlines()[2:] if str(tmp_path) not in line) <= 100
     lines = [line.strip() for line in incident.splitlines() if line.strip()]
     assert len(lines) == len(set(lines)) and incident.count("content changed") == 1
     report = json.loads(report_path.read_text())
