@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pytest
 
 from agent.buffer import BatchStore
-from agent.uplink.properties import parse_user_properties, user_properties
 from simulator.cli import main as vehicle_sim
-from simulator.receiver import verify_batch
 from simulator.receiver.parquet import write_parquet
 from simulator.receiver.store import open_receiver_store
-from tests.uplink_support import fill_store
+from tests.uplink_support import fill_store, store_as_received
 
 pytestmark = pytest.mark.fleet
 
@@ -30,11 +27,7 @@ def receiver_db(request, tmp_path, shared_data):
             with BatchStore(tmp_path / f"buffer-{index}.sqlite", synchronous="NORMAL") as buffer:
                 ids = fill_store(buffer, shared_data, boot_id=f"boot-{index}", limit_rows=2000 + 1000 * index,
                                  vehicle=vehicle)
-                for batch in buffer.pending(len(ids)):
-                    verified = verify_batch(vehicle, batch.stream, batch.payload,
-                                            parse_user_properties(user_properties(batch)), time.time())
-                    assert store.add_batch(verified.row, verified.samples, payload=batch.payload,
-                                           topic=f"vehicles/{vehicle}/v1/data/{batch.stream}") == "stored"
+                store_as_received(store, vehicle, buffer.pending(len(ids)))
     finally:
         store.close()
     return db

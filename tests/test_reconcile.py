@@ -12,7 +12,6 @@ import hashlib
 import json
 import shutil
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,13 @@ from agent.cli.main import main as agent_cli
 from agent.ledger import Ledger
 from agent.reconcile import ExportError, read_export, reconcile_dir
 from agent.timespec import iso_local
-from agent.uplink.properties import parse_user_properties, user_properties
 from simulator.cli import main as vehicle_sim
-from simulator.receiver import ReceiverStore, verify_batch
+from simulator.receiver import ReceiverStore
 from simulator.receiver.access import export_vehicle
 from simulator.receiver.client import Receiver
 from tests.broker import MosquittoBroker
 from tests.e2e_support import TRUCK_LOG, agent_config, grant, run_agent, start_agent, stop_agent, store_samples
-from tests.uplink_support import fill_store, wait_until
+from tests.uplink_support import fill_store, store_as_received, wait_until
 
 pytestmark = pytest.mark.owner
 
@@ -101,11 +99,7 @@ def ingest(db: Path, shared_data: Path, tmp_path: Path, vehicle: str, boot_id: s
         stored = sorted(buffer.pending(len(ids)), key=lambda b: b.seq)[:count]
     store = ReceiverStore(db)
     try:
-        for batch in stored:
-            verified = verify_batch(vehicle, batch.stream, batch.payload,
-                                    parse_user_properties(user_properties(batch)), time.time())
-            assert store.add_batch(verified.row, verified.samples, payload=batch.payload,
-                                   topic=f"vehicles/{vehicle}/v1/data/{batch.stream}") == "stored"
+        store_as_received(store, vehicle, stored)
     finally:
         store.close()
     return stored

@@ -146,3 +146,15 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return condition()
+
+
+def store_as_received(store, vehicle: str, batches) -> None:
+    """Verify each batch and store it in a receiver store as the receiver does on arrival (each must be new)."""
+    from agent.uplink.properties import parse_user_properties, user_properties
+    from simulator.receiver import verify_batch
+
+    for batch in batches:
+        verified = verify_batch(vehicle, batch.stream, batch.payload,
+                                parse_user_properties(user_properties(batch)), time.time())
+        assert store.add_batch(verified.row, verified.samples, payload=batch.payload,
+                               topic=f"vehicles/{vehicle}/v1/data/{batch.stream}") == "stored"

@@ -6,6 +6,7 @@ in agent/ownerpage/guard.py before any route runs.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections import OrderedDict
@@ -257,8 +258,6 @@ def _category(value: str | None) -> str:
 
 
 def _json(data: Any) -> str:
-    import json
-
     return json.dumps(data, indent=1, default=str)
 
 

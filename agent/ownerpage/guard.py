@@ -74,7 +74,7 @@ def check_csrf(method: str, sent: str | None, expected: str) -> Refusal | None:
 
 
 def allowed_hosts(listen: str, port: int) -> frozenset[str]:
-    names = {listen, f"[{listen}]" if ":" in listen else listen}
+    names = {f"[{listen}]" if ":" in listen else listen}  # an IPv6 address is bracketed in a Host header
     if _loopback(listen):
         names |= {"localhost", "127.0.0.1", "[::1]"}
     return frozenset(f"{name}:{port}" for name in names) | (frozenset(names) if port == 80 else frozenset())
