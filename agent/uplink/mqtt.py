@@ -343,10 +343,11 @@ class Uplink:
         if session is None or not session.is_connected or session.is_closed:
             return
         self._delivery.settle()
+        # In-flight ids first, then the ack queue: a PUBACK moves a batch from the first to the second.
+        busy = session.in_flight_ids()
         with self._cond:
             acked_unsettled = {ack.batch_id for ack in self._acks} | self._delivery.waiting()
         held = self._book.excluded()
-        busy = session.in_flight_ids()
         room = self._window - len(busy)
         if room <= 0:
             return

@@ -62,6 +62,9 @@ class Session:
         self._hooks = hooks
         self._lock = threading.Lock()
         self._by_mid: dict[int, int] = {}  # mid -> batch id, PUBACK not yet seen
+        # Batches whose PUBACK is being handed to the uplink: still "in flight" until the uplink has queued
+        # the ack, so a sender choosing batches in between never sees one as neither (it would re-send it).
+        self._acking: dict[int, int] = {}  # batch id -> handovers in progress
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat their bookkeeping
         self._control_mids: set[int] = set()
         self.is_connected = False
@@ -186,7 +189,14 @@ class Session:
             if batch_id is None:
                 self._early[mid] = reason_code
                 return
-        self._hooks.acked(Ack(batch_id, reason_code.value, str(reason_code)))
+            self._acking[batch_id] = self._acking.get(batch_id, 0) + 1
+        try:
+            self._hooks.acked(Ack(batch_id, reason_code.value, str(reason_code)))
+        finally:
+            with self._lock:
+                left = self._acking.pop(batch_id) - 1
+                if left:
+                    self._acking[batch_id] = left
 
     # -- sender thread ----------------------------------------------------
     def publish_batch(self, batch_id: int, topic: str, payload: bytes, properties: Properties) -> bool:
@@ -207,8 +217,9 @@ class Session:
         return True
 
     def in_flight_ids(self) -> set[int]:
+        """Sent and not yet acknowledged to the uplink (read this before the uplink's ack queue)."""
         with self._lock:
-            return set(self._by_mid.values())
+            return set(self._by_mid.values()) | self._acking.keys()
 
 
 def status_json(vehicle_id: str, client_id: str, region: str, clock: Callable[[], float],
