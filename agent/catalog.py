@@ -16,7 +16,7 @@ from typing import Any
 
 from cantools.database import Database
 
-from agent.model import ALL_CATEGORIES, CATEGORIES, UNCLASSIFIED
+from agent.model import ALL_CATEGORIES, CATEGORIES, DATA_ROLE, ROLES, UNCLASSIFIED
 from agent.vss import known_paths, propose
 from agent.yamlsrc import ConfigError, load_file
 
@@ -27,6 +27,9 @@ class CatalogEntry:
     unit: str
     category: str
     review: bool = False
+    role: str = DATA_ROLE  # data | counter | checksum: transport signals are checked, not uploaded
+    algorithm: str | None = None  # checksums: agent.integrity.checksums name (else the DBC family's, if known)
+    modulus: int | None = None  # counters that wrap before 2**length (e.g. 15: 0..14)
 
 
 @dataclass
@@ -45,11 +48,18 @@ class Catalog:
         return Catalog(f"{self.source}+{other.source}", {**self.entries, **other.entries})
 
 
+def checksum_algorithms() -> frozenset[str]:
+    # Imported here: agent.integrity reads DBCs through agent.decode, which reads catalogs.
+    from agent.integrity.checksums import ALGORITHMS
+    return frozenset(ALGORITHMS)
+
+
 def catalog_path_for(dbc_path: str | Path) -> Path:
     dbc_path = Path(dbc_path)
     return dbc_path.with_name(dbc_path.stem + ".catalog.yaml")
 
 
+_ENTRY_KEYS = ("vss", "unit", "category", "review", "role", "algorithm", "modulus")
 _VSS_RE = re.compile(r"^[A-Z][A-Za-z0-9]*(\.[A-Za-z0-9_]+)+$")
 
 
@@ -68,9 +78,19 @@ def load_catalog(path: str | Path) -> Catalog:
             raise doc.error(path_, "catalog keys are Message.Signal")
         if not isinstance(value, dict):
             raise doc.error(path_, "expected a mapping with vss, unit, category")
-        unknown = set(value) - {"vss", "unit", "category", "review"}
+        unknown = set(value) - set(_ENTRY_KEYS)
         if unknown:
-            raise doc.error((*path_, sorted(unknown)[0]), "unknown key (known keys: vss, unit, category, review)")
+            raise doc.error((*path_, sorted(unknown)[0]), f"unknown key (known keys: {', '.join(_ENTRY_KEYS)})")
+        role = value.get("role", DATA_ROLE)
+        if role not in ROLES:
+            raise doc.error((*path_, "role"), f"unknown role {role!r} (known: {', '.join(ROLES)})")
+        algorithm = value.get("algorithm")
+        if algorithm is not None and (role != "checksum" or algorithm not in checksum_algorithms()):
+            raise doc.error((*path_, "algorithm"), f"{algorithm!r}: a checksum's algorithm, one of "
+                                                   f"{', '.join(sorted(checksum_algorithms()))}")
+        modulus = value.get("modulus")
+        if modulus is not None and (role != "counter" or not isinstance(modulus, int) or not 2 <= modulus <= 1 << 32):
+            raise doc.error((*path_, "modulus"), f"{modulus!r}: a counter's modulus, a whole number 2..2^32")
         category = value.get("category", UNCLASSIFIED)
         if category not in ALL_CATEGORIES:
             raise doc.error((*path_, "category"), f"unknown category {category!r} (known: {', '.join(ALL_CATEGORIES)})")
@@ -78,8 +98,8 @@ def load_catalog(path: str | Path) -> Catalog:
         if vss and not _VSS_RE.match(vss):
             raise doc.error((*path_, "vss"), f"not a VSS path: {vss!r}")
         entries[key] = CatalogEntry(
-            vss=vss, unit=str(value.get("unit") or ""), category=category, review=bool(value.get("review", False))
-        )
+            vss=vss, unit=str(value.get("unit") or ""), category=category, review=bool(value.get("review", False)),
+            role=role, algorithm=algorithm, modulus=modulus)
     return Catalog(str(path), entries)
 
 
@@ -114,8 +134,11 @@ def guess_category(message: str, signal: str) -> str:
     return UNCLASSIFIED
 
 
-def draft_catalog(database: Database, dbc_name: str) -> str:
+def draft_catalog(database: Database, dbc_name: str, roles: Mapping[tuple[str, str], Any] | None = None) -> str:
     """YAML text of a drafted catalog; every entry is marked for review.
+
+    ``roles``: ``(message, signal) -> RoleProposal`` (``agent.integrity.infer``: by name, and by behaviour
+    when frames were given); a proposed counter or checksum gets ``role:`` with the reason as a comment.
 
     VSS paths are proposed only where a signal clearly matches a standard one (``agent.vss``); the rest
     get no path and a comment saying why, for a person to decide."""
@@ -143,6 +166,13 @@ def draft_catalog(database: Database, dbc_name: str) -> str:
             lines.append(f'    vss: ""  # review: {proposal.reason}')
         lines.append(f"    unit: {json.dumps(unit, ensure_ascii=False)}")
         lines.append(f"    category: {proposal.category or guess_category(message, signal)}")
+        role = (roles or {}).get((message, signal))
+        if role is not None and role.role != DATA_ROLE:
+            lines.append(f"    role: {role.role}  # {role.reason}")
+            if role.algorithm:
+                lines.append(f"    algorithm: {role.algorithm}")
+            if role.modulus:
+                lines.append(f"    modulus: {role.modulus}")
         lines.append("    review: true")
     return "\n".join(lines) + "\n"
 

@@ -48,6 +48,8 @@ class BusConfig:
     # When replaying a log: which log channel is this bus (candump name such as
     # "can1", or the reader's channel number: ASC/BLF count from 0, TRC from 1).
     log_channel: str | int | None = field(default=None, metadata=schema.num(0, 1023, text=schema.Text(64)))
+    # The agent may send frames on this bus (diagnostic requests, agent.diag); it never writes to any other.
+    transmit: bool = False
     # Extra python-can constructor arguments (e.g. host/port for socketcand); numbers finite, text bounded.
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -102,6 +104,8 @@ class AgentConfig:
                                       metadata=schema.deferred("agent.incident.config:_Incidents"))
     owner_page: dict[str, Any] = field(default_factory=dict,
                                        metadata=schema.deferred("agent.ownerpage.config:OwnerPageConfig"))
+    diagnostics: dict[str, Any] = field(default_factory=dict,
+                                        metadata=schema.deferred("agent.diag.config:_Diagnostics"))
     # Not from YAML: the file this came from and its located document, so later
     # stages can report file:line for their own sections.
     source: str = field(default="<defaults>", metadata=schema.INTERNAL)
@@ -121,7 +125,7 @@ class AgentConfig:
 
 
 _TYPED_SECTIONS = ("vehicle", "buses", "state", "batching", "buffer")
-_SECTIONS = (*_TYPED_SECTIONS, "collection", "uplink", "consent", "camera", "incidents", "owner_page")
+_SECTIONS = (*_TYPED_SECTIONS, "collection", "uplink", "consent", "camera", "incidents", "owner_page", "diagnostics")
 
 
 _VIN_RE = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")

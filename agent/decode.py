@@ -17,7 +17,7 @@ from cantools.j1939 import pgn_from_frame_id
 
 from agent.catalog import Catalog
 from agent.dbc import LoadedDbc
-from agent.model import UNCLASSIFIED, BusCounters, DecodedFrame, SignalSpec
+from agent.model import DATA_ROLE, UNCLASSIFIED, BusCounters, DecodedFrame, SignalSpec
 
 EXTENDED_FLAG = 0x8000_0000
 # Repeated payloads are common (status messages rarely change).  Caching the
@@ -29,6 +29,7 @@ CACHE_LIMIT = 4096
 # that J1939 PGN matching runs once per id, not once per frame.
 LEARNED_ID_LIMIT = 65536
 _UNKNOWN = object()  # routing-table entry: no message for this id
+_MISSING = object()  # not in the routing table yet
 
 SignalFilter = Callable[[SignalSpec], bool]
 ALL_DBCS = "*"
@@ -53,15 +54,20 @@ def spec_for(message: Message, signal, catalog: Catalog) -> SignalSpec:
         choices=choices,
         vss_path=entry.vss if entry and entry.vss else key,
         category=entry.category if entry else UNCLASSIFIED,
+        role=entry.role if entry else DATA_ROLE,
     )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Route:
     message: Message
     # None: every signal wanted (no copy needed); else the wanted signal names.
     wanted: frozenset[str] | None
     cache: dict[bytes, dict]
+    name: str = ""  # message.name, read once (cantools' name is a property, read per frame otherwise)
+
+    def __post_init__(self) -> None:
+        self.name = self.message.name
 
 
 class Decoder:
@@ -181,10 +187,56 @@ class Decoder:
                 route.cache.clear()
             route.cache[data] = raw = decoded
         counters.decoded += 1
-        name = route.message.name
+        name = route.name
         count_key = (bus, name)
         self.message_counts[count_key] = self.message_counts.get(count_key, 0) + 1
         return DecodedFrame(msg.timestamp, bus, frame_id, name, raw)
+
+    def decode_block(self, msgs: list[can.Message], bus: str) -> list[DecodedFrame | None]:
+        """``decode`` of each frame of one bus, in order (one entry per frame, None where ``decode`` gives
+        None), with the same counters at the end.  The common frame (a known id, a payload seen before) is
+        decoded here with the bus's tables and counters looked up once per block; any other goes through
+        ``decode``."""
+        exact = self._exact.get(bus)
+        if exact is None:
+            self._build(bus)
+            exact = self._exact[bus]
+        counters = self.counters[bus]
+        decode = self.decode
+        frames: list[DecodedFrame | None] = []
+        append = frames.append
+        per_message: dict[str, int] = {}
+        unknown = filtered = 0
+        for msg in msgs:
+            if not (msg.is_error_frame or msg.is_remote_frame):
+                frame_id = msg.arbitration_id
+                route = exact.get(frame_id | EXTENDED_FLAG if msg.is_extended_id else frame_id, _MISSING)
+                if route is _UNKNOWN:
+                    unknown += 1
+                    append(None)
+                    continue
+                if route is None:
+                    filtered += 1
+                    append(None)
+                    continue
+                if route is not _MISSING:
+                    raw = route.cache.get(bytes(msg.data))
+                    if raw is not None:
+                        name = route.name
+                        per_message[name] = per_message.get(name, 0) + 1
+                        append(DecodedFrame(msg.timestamp, bus, frame_id, name, raw))
+                        continue
+            append(decode(msg, bus))  # counts itself
+        cached = sum(per_message.values())
+        counters.frames += cached + unknown + filtered
+        counters.decoded += cached
+        counters.unknown_id += unknown
+        counters.filtered += filtered
+        counts = self.message_counts
+        for name, count in per_message.items():
+            key = (bus, name)
+            counts[key] = counts.get(key, 0) + count
+        return frames
 
     def _learn(self, bus: str, key: int, msg: can.Message):
         """Slow path for an id not in the table: J1939 PGN match, then remember the answer."""

@@ -25,6 +25,13 @@ CATEGORIES = (
 UNCLASSIFIED = "unclassified"
 ALL_CATEGORIES = (*CATEGORIES, UNCLASSIFIED)
 
+# What a signal is for.  ``data`` is a measurement; ``counter`` (rolling/alive counters) and ``checksum``
+# (CRCs) are transport signals: they protect the frame on the wire, are checked in the car
+# (agent.integrity) and left out of uploads unless a collection rule asks for them (``transport: true``).
+DATA_ROLE = "data"
+TRANSPORT_ROLES = ("counter", "checksum")
+ROLES = (DATA_ROLE, *TRANSPORT_ROLES)
+
 
 @dataclass(frozen=True, slots=True)
 class SignalSpec:
@@ -48,6 +55,7 @@ class SignalSpec:
     choices: dict[int, str]
     vss_path: str
     category: str
+    role: str = DATA_ROLE  # data | counter | checksum (ROLES)
 
     def to_physical(self, raw: int | float) -> int | float:
         # Same expression as cantools' LinearConversion.raw_to_scaled, so the

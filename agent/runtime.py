@@ -1,11 +1,12 @@
 """The running agent: live buses -> pipeline -> buffer -> uplink, for months.
 
 Threads:
-* one reader thread per bus puts frames into a bounded queue (drops are
-  counted: a live bus cannot wait); a bus that is missing or lost is retried
-  with backoff while the rest works (``agent.sources.live``);
-* the pipeline thread (``run``) takes frames, decodes, collects, filters by
-  consent, batches and commits to the store; once a second it also ticks the
+* one reader thread per bus hands frames over in blocks to a queue bounded
+  in frames (drops are counted: a live bus cannot wait); a bus that is
+  missing or lost is retried with backoff while the rest works
+  (``agent.sources.live``);
+* the pipeline thread (``run``) takes blocks of frames, decodes, collects,
+  filters by consent, batches and commits to the store; once a second it also ticks the
   batcher, consent expiry, camera intake and incident windows, and proves
   progress to systemd's watchdog;
 * the uplink's I/O and send threads publish stored batches and delete them on
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from pathlib import Path
 
 from agent.config import AgentConfig, load_config
 from agent.control import CommandRegistry, ControlServer, control_socket_path
+from agent.diag.config import diagnostics_config
+from agent.diag.runner import diagnostics_runner
 from agent.export.anchor import vehicle_anchor
 from agent.export.signing import load_or_create_key
 from agent.flow.build import BuildOptions, DataPath, build, build_data_path
@@ -37,6 +39,7 @@ from agent.privacy.remote import RemoteCommands
 from agent.service.resources import read_resources
 from agent.service.sdnotify import Notifier, ProgressWatchdog
 from agent.sources.live import LiveSource, bus_kwargs_from_config
+from agent.transport_decode import transport_snapshot
 from agent.uplink.config import uplink_config
 
 log = logging.getLogger(__name__)
@@ -73,8 +76,10 @@ class AgentRuntime:
         self.vehicle_id = self.core.vehicle_id
         # Owner-only state (0700), keys 0600; a world-writable state dir is refused (``build`` checks it).
         self.state_dir = self.core.state_dir
-        self._use(stages.path)
         self.source = source or self._open_buses(self.config)
+        # Diagnostic requests (off unless configured; only on buses marked transmit): fixed at start.
+        self.diagnostics = diagnostics_runner(diagnostics_config(self.config), self.source)
+        self._use(stages.path)
         self.control = ControlServer(control_socket_path(self.state_dir), self._commands())
         self.owner_page: OwnerPageServer | None = None
         self.watchdog = ProgressWatchdog.from_environ(self.notifier, status=self.status_line)
@@ -82,6 +87,8 @@ class AgentRuntime:
     def _use(self, path: DataPath) -> None:
         self.path = path
         self.pipeline, self.privacy, self.sidecars = path.pipeline, path.privacy, path.sidecars
+        if self.diagnostics is not None:  # flow control for the answers to our requests
+            self.pipeline.raw_listeners.append(self.diagnostics.on_raw)
 
     # -- building ------------------------------------------------------------------
     @staticmethod
@@ -107,6 +114,8 @@ class AgentRuntime:
         self.control.start()
         if self.uplink is not None:
             self.uplink.start()
+        if self.diagnostics is not None:
+            self.diagnostics.start()
         self.owner_page = start_owner_page(self.config)  # None when off or without the owner extra
         self.consent.policy.on_ignition()
         self.notifier.ready(self.status_line())
@@ -150,23 +159,13 @@ class AgentRuntime:
 
     def run(self) -> None:
         """The pipeline loop; returns after ``stop()`` once everything is flushed."""
-        frames: queue.Queue = self.source.queue
+        take = self.source.blocks
         next_housekeeping = time.monotonic()
         try:
             while not self._stop.is_set():
-                try:
-                    bus, msg = frames.get(timeout=0.2)
-                except queue.Empty:
-                    pass
-                else:
-                    self.pipeline.feed(bus, msg)
-                    # Drain what is already queued before looking at the clock again.
-                    for _ in range(4096):
-                        try:
-                            bus, msg = frames.get_nowait()
-                        except queue.Empty:
-                            break
-                        self.pipeline.feed(bus, msg)
+                # The blocks waiting, about 4096 frames, before looking at the clock again.
+                for bus, msgs in take(0.2):
+                    self.pipeline.feed_block(bus, msgs)
                 now = time.monotonic()
                 if now >= next_housekeeping or self._flush_requested.is_set():
                     next_housekeeping = now + HOUSEKEEPING_S
@@ -226,6 +225,7 @@ class AgentRuntime:
             # The core (uplink, consent) stays as it is, but a file the next start would refuse is refused now.
             uplink_config(config)
             consent_config(config)
+            diagnostics_config(config)  # the requests stay those of the start; a broken section is refused
             path = build_data_path(config, self.core, self._options)
         except Exception as exc:  # whatever the new file does (even a bug it triggers), the running config stays
             # One line, no traceback: the type and the message ("ConfigError: agent.yaml:4: key: problem").
@@ -248,6 +248,8 @@ class AgentRuntime:
     def _shutdown(self) -> None:
         self.notifier.stopping("flushing open batches")
         try:
+            if self.diagnostics is not None:
+                self.diagnostics.stop()
             self.source.close()
             self.pipeline.flush()
             self.sidecars.flush()
@@ -282,6 +284,9 @@ class AgentRuntime:
             "consent": {"version": policy.version,
                         "granted": sorted(c for c in ALL_CATEGORIES if policy.is_granted(c))},
             "sidecars": self.sidecars.counters.as_dict(),
+            "transport": transport_snapshot(self.pipeline.decoder),
+            "integrity": self.path.integrity.snapshot() if self.path.integrity is not None else {},
+            "diagnostics": self.diagnostics.snapshot() if self.diagnostics is not None else None,
             "camera_socket": camera.counters() if (camera := self.sidecars.camera_socket) is not None else None,
             "gate": self.core.gate.counters.as_dict(),
             "ledger": self._ledger_state(),

@@ -31,7 +31,7 @@ transport frames and what became of each transfer, ``isotp(bus)`` the reassembly
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import can
@@ -41,6 +41,7 @@ from udsoncan.ResponseCode import ResponseCode
 
 from agent.dbc import LoadedDbc
 from agent.decode import ALL_DBCS, EXTENDED_FLAG, Decoder
+from agent.diag.requests import split_mode01_response
 from agent.isotp import IsoTpCounters, IsoTpReassembler
 from agent.model import DecodedFrame
 
@@ -72,6 +73,10 @@ class TransportCounters:
 # long DBC message elsewhere is an ordinary message a DBC declares longer than the bus carries (the Kona
 # P-CAN DBC's 64-byte FATC_5F5 on a classic bus): taking its frames for ISO-TP would invent values.
 DIAGNOSTIC_IDS = range(0x700, 0x800)
+# ISO 15765-4 (OBD-II on CAN): ECU n answers on 0x7E8+n, always through ISO-TP, whatever length its DBC message
+# says (the shipped OBD2 DBC describes the 8-byte single frame; a DTC list or several PIDs take more frames).
+OBD_RESPONSE_IDS = range(0x7E8, 0x7F0)
+OBD_MODE01_RESPONSE = 0x41
 
 
 def transport_ids(dbcs: Iterable[LoadedDbc]) -> set[int]:
@@ -80,8 +85,10 @@ def transport_ids(dbcs: Iterable[LoadedDbc]) -> set[int]:
     ids: set[int] = set()
     for loaded in dbcs:
         for message in loaded.database.messages:
-            if (message.length > CLASSIC_CAN_BYTES and not message.is_fd and not message.is_extended_frame
-                    and message.protocol != "j1939" and message.frame_id in DIAGNOSTIC_IDS):
+            if message.is_fd or message.is_extended_frame or message.protocol == "j1939":
+                continue
+            if message.frame_id in OBD_RESPONSE_IDS or (message.length > CLASSIC_CAN_BYTES
+                                                        and message.frame_id in DIAGNOSTIC_IDS):
                 ids.add(message.frame_id)
     return ids
 
@@ -106,6 +113,8 @@ class TransportDecoder:
         self._sdu_offset = sdu_offset
         self._buses: dict[str, tuple[set[int], IsoTpReassembler] | None] = {}
         self.transport: dict[str, TransportCounters] = {}
+        # Called with (bus, response id, time, SDU) for every completed positive transfer (the DTC tracker).
+        self.transfer_listeners: list[Callable[[str, int, float, bytes], None]] = []
 
     # -- the Decoder surface the pipeline and the CLI use -------------------------------
     @property
@@ -194,6 +203,17 @@ class TransportDecoder:
             return None
         return self._decode_transfer(bus, key, done[0], done[2])
 
+    def decode_block(self, msgs: list[can.Message], bus: str) -> list[DecodedFrame | None]:
+        """``decode`` of each frame of one bus: the wrapped decoder's block path when the bus has no transport
+        ids, else frame by frame (a transfer spans frames)."""
+        entry = self._buses.get(bus, False)
+        if entry is False:
+            entry = self._build(bus)
+        if entry is None:
+            return self.decoder.decode_block(msgs, bus)
+        decode = self.decode
+        return [decode(msg, bus) for msg in msgs]
+
     def _decode_transfer(self, bus: str, key: int, timestamp: float, payload: bytes) -> DecodedFrame | None:
         counters = self.transport[bus]
         counters.transfers += 1
@@ -209,6 +229,8 @@ class TransportDecoder:
             name = ResponseCode.get_name(code) if code is not None else "truncated"
             counters.negative_codes[name] = counters.negative_codes.get(name, 0) + 1
             return None
+        for listener in self.transfer_listeners:
+            listener(bus, key & ~EXTENDED_FLAG, timestamp, payload)
         route = self.decoder.routes(bus).get(key)
         if route is None:
             if key in self.decoder.routes(bus):
@@ -216,9 +238,13 @@ class TransportDecoder:
             else:
                 counters.not_in_dbc += 1
             return None
-        data = self.dbc_payload(payload)
+        # A mode 01 answer to several PIDs holds one DBC message per PID: decode each, keep the signals of all.
+        parts = split_mode01_response(payload) if sid == OBD_MODE01_RESPONSE else []
+        raw = {}
         try:
-            raw = route.message.decode(data, decode_choices=False, scaling=False, allow_truncated=True)
+            for part in parts if len(parts) > 1 else [payload]:
+                raw.update(route.message.decode(self.dbc_payload(part), decode_choices=False, scaling=False,
+                                                allow_truncated=True))
         except Exception:  # cantools raises DecodeError and friends: count, never fail
             counters.decode_errors += 1
             return None
@@ -254,3 +280,8 @@ def wrap_for_transport(decoder: Decoder, dbcs: Mapping[str, list[LoadedDbc]] | I
     if not ids and not any(transport_ids(loaded) for loaded in bus_dbcs.values()):
         return decoder
     return TransportDecoder(decoder, bus_dbcs, ids, request_ids, sdu_offset)
+
+
+def transport_snapshot(decoder: object) -> dict:
+    """ISO-TP and diagnostic-answer counters per bus (empty when no bus has transport ids)."""
+    return decoder.snapshot() if isinstance(decoder, TransportDecoder) else {}

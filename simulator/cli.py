@@ -6,7 +6,8 @@ import sys
 
 from agent.cli.framework import build_parser, run_cli
 
-SUBCOMMANDS = tuple(f"simulator.commands.{name}" for name in ("replay", "generate", "cloud", "scenario", "fleet"))
+SUBCOMMANDS = tuple(f"simulator.commands.{name}"
+                    for name in ("replay", "generate", "cloud", "scenario", "fleet", "ecu"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,15 @@ Per frame (P = probability 0..1 or a percentage such as 1.5%; they must add up t
 drop=P lose the frame; corrupt=P[:bits|length|any] flip 1-3 data bits or cut the data short (wrong DLC);
 dup=P send it twice; reorder=P[:N] hold it back until N (default 1) later frames went out;
 delay=P:D send it D later.
+With --dbc: checksum=P a wrong checksum (only the checksum's bits change; messages whose checksum
+algorithm is known); counter=P the rolling counter skips a value (from that frame on, that message's
+counters run one ahead, checksums fixed up: one counter jump per fault and counter).
 At log time T from the first frame (repeatable; add /PERIOD to repeat, e.g. silence=2s@10s/60s):
 errburst=N@T N error frames; silence=D@T no frames on any bus for D;
 jump=+D@T or jump=-D@T shift every later timestamp by D (RTC set by GNSS, logger clock reset).
 seed=N (default 0).  Durations take a unit: us, ms, s, min, h."""
 
-PER_FRAME = ("drop", "corrupt", "dup", "reorder", "delay")
+PER_FRAME = ("drop", "corrupt", "dup", "reorder", "delay", "checksum", "counter")
 CORRUPT_MODES = ("any", "bits", "length")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)(us|ms|s|min|h)")
@@ -60,6 +63,8 @@ class FaultSpec:
     reorder_depth: int = 1
     delay: float = 0.0
     delay_seconds: float = 0.0
+    checksum: float = 0.0
+    counter: float = 0.0
     error_bursts: tuple[TimedFault, ...] = ()
     silences: tuple[TimedFault, ...] = ()
     jumps: tuple[TimedFault, ...] = ()
@@ -85,7 +90,7 @@ def parse_fault_spec(text: str) -> FaultSpec:
                 continue
             if kind in values:
                 raise FaultSpecError("given twice")
-            if kind in ("drop", "dup"):
+            if kind in ("drop", "dup", "checksum", "counter"):
                 values[kind] = _probability(value)
             elif kind == "corrupt":
                 values[kind] = _with_option(value, lambda mode: _choice(mode, CORRUPT_MODES), "any")
@@ -113,12 +118,13 @@ def _build(values: dict[str, Any], timed: dict[str, list[TimedFault]], text: str
     delay, delay_seconds = values.get("delay", (0.0, 0.0))
     spec = FaultSpec(drop=values.get("drop", 0.0), corrupt=corrupt, corrupt_mode=corrupt_mode,
                      dup=values.get("dup", 0.0), reorder=reorder, reorder_depth=depth,
+                     checksum=values.get("checksum", 0.0), counter=values.get("counter", 0.0),
                      delay=delay, delay_seconds=delay_seconds, seed=values.get("seed", 0),
                      error_bursts=tuple(timed["errburst"]), silences=tuple(timed["silence"]),
                      jumps=tuple(timed["jump"]))
     total = sum(getattr(spec, kind) for kind in PER_FRAME)
     if total > 1 + 1e-12:
-        raise FaultSpecError(f"fault spec {text!r}: drop+corrupt+dup+reorder+delay add up to {total:g}; "
+        raise FaultSpecError(f"fault spec {text!r}: {'+'.join(PER_FRAME)} add up to {total:g}; "
                              "at most 1 (one fault per frame)")
     return spec
 

@@ -5,8 +5,16 @@
 injects in a ``FaultReport``, so a test can check that the agent's counters
 show each one.  The same seed gives the same faults.
 
-Per-frame faults (drop, corrupt, dup, reorder, delay) are exclusive: one draw
-per frame picks at most one, so their probabilities must add up to <= 1.
+Per-frame faults (drop, corrupt, dup, reorder, delay, checksum, counter) are
+exclusive: one draw per frame picks at most one, so their probabilities must
+add up to <= 1.  ``checksum`` and ``counter`` need the messages' layouts
+(``TransportFaults``, from DBCs): a drawn frame of a message without a known
+checksum (or without a counter, or the first frame of its message) goes out
+unchanged and is not counted.  A counter fault shifts that message's counters
+by one from the drawn frame on (and fixes up its checksums where they were
+right), so the receiver sees exactly one counter jump per fault and counter,
+and no repeat: a one-frame change would be followed by a repeat or a second
+jump when the next original frame comes.
 Timed faults (errburst, silence, jump) happen at a log time measured from the
 first frame, on the original timestamps; a logger clock reset (time stepping
 back by more than 1 s) does not restart that count.  Input messages are never
@@ -17,11 +25,13 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 
 import can
 
+from agent.decode import ALL_DBCS, EXTENDED_FLAG
+from agent.integrity.checker import MessageLayout
 from simulator.fault_spec import (
     FAULTS_HELP,
     PER_FRAME,
@@ -32,7 +42,7 @@ from simulator.fault_spec import (
 )
 
 __all__ = ["FAULTS_HELP", "FaultInjector", "FaultReport", "FaultSpec", "FaultSpecError", "TimedFault",
-           "inject_faults", "parse_fault_spec"]
+           "TransportFaults", "inject_faults", "parse_fault_spec"]
 
 RESET_THRESHOLD = 1.0  # seconds a timestamp may step back before it counts as a clock reset
 _ERROR_CLASS = 0x088  # SocketCAN CAN_ERR_PROT | CAN_ERR_BUSERROR: a protocol violation seen on the bus
@@ -56,6 +66,8 @@ class FaultReport:
     silences: int = 0  # silence windows begun
     clock_jumps: int = 0
     jumped_frames: int = 0  # frames sent with a shifted timestamp (error frames and copies included)
+    checksum_corrupted: int = 0  # frames sent with a wrong checksum (checksum=P)
+    counter_skipped: int = 0  # frames from which a message's counters run one further ahead (counter=P)
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -96,9 +108,13 @@ class _Schedule:
 class FaultInjector:
     """Applies a FaultSpec to a frame stream; counts go to ``self.report``.  One injector per stream."""
 
-    def __init__(self, spec: FaultSpec, report: FaultReport | None = None) -> None:
+    def __init__(self, spec: FaultSpec, report: FaultReport | None = None,
+                 transport: TransportFaults | None = None) -> None:
+        if (spec.checksum or spec.counter) and transport is None:
+            raise FaultSpecError("checksum= and counter= faults need the messages' DBCs (--dbc)")
         self.spec = spec
         self.report = report if report is not None else FaultReport()
+        self.transport = transport
         self._rng = random.Random(spec.seed)
         self._draws = any(getattr(spec, kind) for kind in PER_FRAME)
         self._bursts = [_Schedule(f) for f in spec.error_bursts]
@@ -162,6 +178,8 @@ class FaultInjector:
     def _faulted(self, bus: str, msg: can.Message, ts: float,
                  position: float) -> Iterator[tuple[str, can.Message, float]]:
         spec, report = self.spec, self.report
+        if self.transport is not None:
+            msg = self.transport.carry(bus, msg)
         draw = self._rng.random() if self._draws else 1.0
         if draw < (edge := spec.drop):
             report.dropped += 1
@@ -176,11 +194,23 @@ class FaultInjector:
         elif draw < (edge := edge + spec.reorder):
             self._reordered.append(_Held(bus, msg, ts, release=spec.reorder_depth))
             return
-        elif draw < edge + spec.delay:
+        elif draw < (edge := edge + spec.delay):
             report.delayed += 1
             late = _changed(msg, timestamp=msg.timestamp + spec.delay_seconds)
             self._delayed.append(_Held(bus, late, ts + spec.delay_seconds, release=position + spec.delay_seconds))
             return
+        elif draw < (edge := edge + spec.checksum):
+            assert self.transport is not None
+            changed = self.transport.corrupt_checksum(bus, msg, self._rng)
+            if changed is not None:
+                report.checksum_corrupted += 1
+                msg = changed
+        elif draw < edge + spec.counter:
+            assert self.transport is not None
+            changed = self.transport.skip_counter(bus, msg)
+            if changed is not None:
+                report.counter_skipped += 1
+                msg = changed
         yield from self._out(bus, msg, ts)
 
     def _out(self, bus: str, msg: can.Message, pace: float,
@@ -245,6 +275,94 @@ class FaultInjector:
         return _changed(msg, data=data)
 
 
+class _Stream:
+    """One message on one bus as the injector sends it: frames so far, and how far its counters run ahead."""
+
+    __slots__ = ("frames", "layout", "offset")
+
+    def __init__(self, layout: MessageLayout) -> None:
+        self.layout = layout
+        self.frames = 0
+        self.offset = 0
+
+
+class TransportFaults:
+    """Checksum and counter faults, for the messages whose layouts it is given (``(bus, frame id) -> layout``,
+    as ``agent.integrity.checker.layouts_from_dbcs`` makes them; bus ``"*"``: every bus).
+
+    ``injected`` counts per ``(bus, message name)``: ``checksum`` (frames with a wrong checksum) and
+    ``counter`` (frames from which the counters run one further ahead)."""
+
+    def __init__(self, layouts: Mapping[tuple[str, int], MessageLayout]) -> None:
+        self._layouts: dict[str, dict[int, MessageLayout]] = {}
+        for (bus, _frame_id), layout in layouts.items():
+            self._layouts.setdefault(bus, {})[layout.key] = layout
+        self._streams: dict[str, dict[int, _Stream]] = {}
+        self.injected: dict[tuple[str, str], dict[str, int]] = {}
+
+    def _stream(self, bus: str, msg: can.Message) -> _Stream | None:
+        streams = self._streams.get(bus)
+        if streams is None:
+            merged = {**self._layouts.get(ALL_DBCS, {}), **self._layouts.get(bus, {})}
+            streams = self._streams[bus] = {key: _Stream(layout) for key, layout in merged.items()}
+        if msg.is_error_frame or msg.is_remote_frame:
+            return None
+        stream = streams.get(msg.arbitration_id | EXTENDED_FLAG if msg.is_extended_id else msg.arbitration_id)
+        if stream is None or len(msg.data) < stream.layout.message.length:
+            return None
+        return stream
+
+    def _count(self, bus: str, stream: _Stream, kind: str) -> None:
+        counts = self.injected.setdefault((bus, stream.layout.message.name), {"checksum": 0, "counter": 0})
+        counts[kind] += 1
+
+    def carry(self, bus: str, msg: can.Message) -> can.Message:
+        """``msg`` with its message's counters shifted by the counter faults so far (a copy if changed)."""
+        stream = self._stream(bus, msg)
+        if stream is None:
+            return msg
+        stream.frames += 1
+        if not stream.offset:
+            return msg
+        return _changed(msg, data=self._shifted(stream, bytes(msg.data), stream.offset))
+
+    def skip_counter(self, bus: str, msg: can.Message) -> can.Message | None:
+        """``msg`` (already carried) with its counters one further ahead from now on; None: no counter, or the
+        message's first frame (a receiver starts counting there, so a skip would not show)."""
+        stream = self._stream(bus, msg)
+        if stream is None or not stream.layout.counters or stream.frames < 2:
+            return None
+        stream.offset += 1
+        self._count(bus, stream, "counter")
+        return _changed(msg, data=self._shifted(stream, bytes(msg.data), 1))
+
+    def corrupt_checksum(self, bus: str, msg: can.Message, rng: random.Random) -> can.Message | None:
+        """``msg`` with a wrong value in its first checksum whose algorithm is known; None: there is none."""
+        stream = self._stream(bus, msg)
+        known = [(f, a) for f, a in stream.layout.checksums if a is not None] if stream is not None else []
+        if stream is None or not known:
+            return None
+        checksum, algorithm = known[0]
+        data = bytes(msg.data)
+        right = algorithm.compute(stream.layout.message.frame_id, data, checksum)
+        self._count(bus, stream, "checksum")
+        return _changed(msg, data=checksum.with_value(data, right + rng.randrange(1, checksum.modulus)))
+
+    @staticmethod
+    def _shifted(stream: _Stream, data: bytes, by: int) -> bytes:
+        layout = stream.layout
+        address = layout.message.frame_id
+        right = [algorithm is not None and algorithm.compute(address, data, checksum) == checksum.value(data)
+                 for checksum, algorithm in layout.checksums]
+        for counter, modulus in layout.counters:
+            data = counter.with_value(data, (counter.value(data) + by) % modulus)
+        for (checksum, algorithm), was_right in zip(layout.checksums, right):
+            if was_right:  # a checksum that was wrong stays wrong: the fault adds no checksum failure of its own
+                assert algorithm is not None
+                data = checksum.with_value(data, algorithm.compute(address, data, checksum))
+        return data
+
+
 def _changed(msg: can.Message, **changes: object) -> can.Message:
     """A copy of ``msg`` with ``changes``: the input stream's messages are never modified in place."""
     clone = copy.copy(msg)
@@ -255,7 +373,8 @@ def _changed(msg: can.Message, **changes: object) -> can.Message:
 
 
 def inject_faults(frames: Iterable[tuple[str, can.Message]], spec: FaultSpec | str,
-                  report: FaultReport | None = None) -> Iterator[tuple[str, can.Message]]:
+                  report: FaultReport | None = None,
+                  transport: TransportFaults | None = None) -> Iterator[tuple[str, can.Message]]:
     """Convenience: ``frames`` with ``spec`` (a FaultSpec or SPEC text) applied; counts go to ``report``."""
-    injector = FaultInjector(parse_fault_spec(spec) if isinstance(spec, str) else spec, report)
+    injector = FaultInjector(parse_fault_spec(spec) if isinstance(spec, str) else spec, report, transport)
     return injector.apply(frames)

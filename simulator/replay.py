@@ -32,7 +32,7 @@ import can
 from agent.cli.progress import progress as bar
 from agent.sources.live import open_bus
 from agent.sources.log import LogSource
-from simulator.faults import FaultInjector, FaultReport, FaultSpec
+from simulator.faults import FaultInjector, FaultReport, FaultSpec, TransportFaults
 from simulator.socketcand_server import SocketcandServer, UnsupportedFrameError, loopback_host
 
 
@@ -52,6 +52,7 @@ class ReplayOptions:
     reset_threshold: float = 1.0
     progress: bool = False
     faults: FaultSpec | None = None
+    transport: TransportFaults | None = None  # message layouts for checksum= and counter= faults
 
 
 @dataclass
@@ -266,7 +267,7 @@ def replay(path: str | Path, target: Target, options: ReplayOptions) -> ReplayRe
     started = time.monotonic()
     pending = 0
     frames = _frames(path, options, report, pacer)
-    injector = FaultInjector(options.faults) if options.faults is not None else None
+    injector = FaultInjector(options.faults, transport=options.transport) if options.faults is not None else None
     report.faults = injector.report if injector is not None else None
     stream = injector.paced(frames) if injector is not None else ((b, m, m.timestamp) for b, m in frames)
     try:

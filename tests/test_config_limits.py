@@ -24,6 +24,7 @@ from agent import schema, yamlsrc
 from agent.camera.config import camera_config
 from agent.config import AgentConfig, limits_table, load_config, parse_config
 from agent.dbc import DbcError, load_dbc
+from agent.diag.config import diagnostics_config
 from agent.flow.parts import collection_plan
 from agent.incident.config import incident_config
 from agent.ownerpage.config import owner_page_config
@@ -57,6 +58,7 @@ def every_section(text: str, source: str = SOURCE) -> AgentConfig:
     camera_config(config)
     consent_config(config)
     owner_page_config(config)
+    diagnostics_config(config)
     return config
 
 
@@ -353,7 +355,8 @@ def test_a_number_field_without_a_declared_range_is_a_programming_error():
 
 def test_the_example_config_still_loads(repo_root):
     config = load_config(repo_root / "config" / "agent.yaml")
-    for parse in (collection_plan, uplink_config, incident_config, camera_config, consent_config, owner_page_config):
+    for parse in (collection_plan, uplink_config, incident_config, camera_config, consent_config, owner_page_config,
+                  diagnostics_config):
         parse(config)
     assert config.vehicle.id == "demo-truck-01"
 

@@ -19,6 +19,16 @@ from simulator.broker import free_loopback_port
 from simulator.socketcand_server import SocketcandServer
 
 
+def next_frame(source: LiveSource, timeout: float = 5.0) -> tuple[str, can.Message]:
+    """The next ``(bus, msg)`` the source hands over (blocks of one frame here: the tests send one at a time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for bus, msgs in source.blocks(0.1, max_frames=1):
+            assert len(msgs) == 1, msgs
+            return bus, msgs[0]
+    raise AssertionError(f"no frame within {timeout} s")
+
+
 def test_two_virtual_buses_at_once_keep_their_names():
     senders = {name: can.Bus(interface="virtual", channel=f"src-{name}") for name in ("pt", "body")}
     readers = {name: open_bus(bus_kwargs_from_url(f"virtual://src-{name}")) for name in ("pt", "body")}
@@ -220,10 +230,10 @@ def test_a_bus_that_cannot_be_opened_yet_is_retried_while_the_others_flow():
         assert states["pt"]["state"] == "waiting" and "No such device" in states["pt"]["reason"]
         assert source.not_open()["pt"].startswith("waiting: cannot open bus socketcan:late-pt")
         senders["body"].send(can.Message(arbitration_id=0x200, data=[1]))
-        assert source.queue.get(timeout=5)[0] == "body"  # the other bus flows meanwhile
+        assert next_frame(source)[0] == "body"  # the other bus flows meanwhile
         assert wait_for(lambda: source.states()["pt"]["state"] == "open")
         senders["pt"].send(can.Message(arbitration_id=0x100, data=[2]))
-        bus, msg = source.queue.get(timeout=5)
+        bus, msg = next_frame(source)
         assert (bus, msg.channel, bytes(msg.data)) == ("pt", "pt", b"\x02")
         assert source.states()["pt"] == {"state": "open", "opens": 1, "lost": 0} and source.not_open() == {}
     finally:
@@ -266,14 +276,14 @@ def test_a_socketcand_server_that_goes_away_is_reconnected():
     try:
         assert server.wait_for_clients(1, timeout=10)
         server.send(can.Message(arbitration_id=0x10, data=[1]))
-        assert source.queue.get(timeout=5)[1].arbitration_id == 0x10
+        assert next_frame(source)[1].arbitration_id == 0x10
         server.stop()
         assert wait_for(lambda: source.states()["pt"]["lost"] == 1)
         assert source.states()["pt"]["state"] == "waiting"
         server = SocketcandServer(port=port).start()
         assert server.wait_for_clients(1, timeout=10)
         server.send(can.Message(arbitration_id=0x20, data=[2]))
-        assert source.queue.get(timeout=5)[1].arbitration_id == 0x20
+        assert next_frame(source)[1].arbitration_id == 0x20
         assert source.states()["pt"] == {"state": "open", "opens": 2, "lost": 1}
         assert "connection closed by the socketcand server" in source.errors[0]
     finally:

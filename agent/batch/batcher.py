@@ -75,6 +75,7 @@ class _OpenBatch:
     tables: dict[tuple, tuple] = field(default_factory=dict)
     table_data: dict[tuple, _Table] = field(default_factory=dict)
     categories: set[str] = field(default_factory=set)
+    merged: set[frozenset[str]] = field(default_factory=set)  # the rows' category sets already in ``categories``
     samples: int = 0
     limit: int = 0  # close when samples reaches this (size estimate)
 
@@ -154,8 +155,12 @@ class Batcher:
         appenders[0](timestamp)
         appenders[1](tuple(values.values()))
         batch.samples += len(values)
-        if row.categories:
-            batch.categories.update(row.categories)
+        categories = row.categories
+        # Rows share their stage's few frozensets (hashed once): each is merged into the batch's set once.
+        if categories not in batch.merged:
+            if categories:
+                batch.categories.update(categories)
+            batch.merged.add(categories)
         if row.priority > batch.priority:
             batch.priority = row.priority
 

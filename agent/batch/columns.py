@@ -161,8 +161,9 @@ def encode_ints(values: list[int], timestamps: bool = False) -> int | list:
     if step:
         deltas = [d - step for d in deltas]
     low = min(values)
-    use_delta = timestamps or _cost(deltas, 2 * max(max(deltas), -min(deltas))) < _cost(values, max(values) - low)
-    if use_delta and deltas and not (_fits_msgpack(min(deltas) << 1) and _fits_msgpack(max(deltas) << 1)):
+    lowest, highest = (min(deltas), max(deltas)) if deltas else (0, 0)  # each extreme once, not twice
+    use_delta = timestamps or _cost(deltas, 2 * max(highest, -lowest)) < _cost(values, max(values) - low)
+    if use_delta and deltas and not (_fits_msgpack(lowest << 1) and _fits_msgpack(highest << 1)):
         use_delta = False  # 64-bit swings: plain offsets from the minimum always fit
     if use_delta and _fits_msgpack(step) and _fits_msgpack(first):
         mul = math.gcd(*deltas) if deltas else 0

@@ -9,6 +9,8 @@ from pathlib import Path
 from agent.catalog import catalog_path_for, draft_catalog, load_catalog
 from agent.cli.framework import add_command
 from agent.dbc import load_dbc
+from agent.integrity.infer import infer_roles
+from agent.sources.log import LogSource
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("-o", "--output", default=None,
                       help="where to write (default: NAME.catalog.yaml next to the DBC; '-' for stdout)")
     init.add_argument("--force", action="store_true", help="overwrite an existing catalog")
+    init.add_argument("--log", default=None, metavar="LOG",
+                      help="a CAN log of this DBC's bus: rolling counters and checksums are proposed from how "
+                           "their values behave (else from their names only)")
     init.set_defaults(func=run_init)
     check = add_command(actions, "check", "validate a catalog against its DBC",
                         examples=("vehicle-agent catalog check vehicle.catalog.yaml --dbc vehicle.dbc",))
@@ -34,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_init(args: argparse.Namespace) -> int:
     loaded = load_dbc(args.dbc)
-    text = draft_catalog(loaded.database, Path(args.dbc).name)
+    frames = LogSource(args.log) if args.log else ()
+    roles = infer_roles(loaded.database, frames)
+    text = draft_catalog(loaded.database, Path(args.dbc).name, roles)
     if args.output == "-":
         sys.stdout.write(text)
         return 0
@@ -43,7 +50,9 @@ def run_init(args: argparse.Namespace) -> int:
         raise ValueError(f"{out}: exists; use --force to overwrite")
     out.write_text(text, encoding="utf-8")
     signals = sum(len(m.signals) for m in loaded.database.messages)
-    print(f"wrote {out}: {signals} signals drafted, all marked review: true")
+    transport = sum(1 for proposal in roles.values() if proposal.role != "data")
+    print(f"wrote {out}: {signals} signals drafted, all marked review: true; {transport} proposed as transport "
+          f"signals (counters, checksums){' from the log' if args.log else ' by name'}")
     return 0
 
 

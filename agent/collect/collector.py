@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.collect.evaluate import SignalIndex
 from agent.collect.rules import Campaign, CollectionPlan, SignalRule
@@ -76,7 +76,13 @@ class Collector:
         warnings = []
         for campaign in self.plan.campaigns:
             for rule in campaign.rules:
-                if not any(rule.matches(spec) for spec in self.specs.values()):
+                if any(rule.matches(spec) for spec in self.specs.values()):
+                    continue
+                transport = replace(rule, transport=True)
+                if any(transport.matches(spec) for spec in self.specs.values()):
+                    warnings.append(f"{rule.where}: match {rule.match!r} names only transport signals "
+                                    "(checksums, counters), which stay in the car; add transport: true to upload them")
+                else:
                     warnings.append(f"{rule.where}: match {rule.match!r} names no signal of the loaded DBCs")
         return warnings
 
@@ -90,6 +96,19 @@ class Collector:
             handlers = by_message[frame.message] = self._route(frame.bus, frame.message)
         for handler in handlers:
             handler(frame)
+
+    def bus_handlers(self, bus: str) -> dict[str, tuple[Handler, ...]]:
+        """What ``on_frame`` calls per message of ``bus`` (the messages seen so far), for a caller that feeds
+        a block of one bus's frames itself: each handler of ``frame.message`` gets the frame, in order;
+        ``learn_handlers`` gives (and adds) the handlers of a message not in it yet."""
+        by_message = self._routes.get(bus)
+        if by_message is None:
+            by_message = self._routes[bus] = {}
+        return by_message
+
+    def learn_handlers(self, bus: str, message: str) -> tuple[Handler, ...]:
+        handlers = self._routes.setdefault(bus, {})[message] = self._route(bus, message)
+        return handlers
 
     def flush(self) -> None:
         """Emit what open periods hold (shutdown, end of a log)."""
@@ -116,7 +135,7 @@ class Collector:
             for number, taken in sorted(chosen.items()):
                 selection = Selection.of(message, taken, len(specs))
                 takes.append(_Take(campaign, campaign.rules[number], selection))
-        rest = [spec for spec in specs if spec.signal not in claimed]
+        rest = [spec for spec in specs if spec.signal not in claimed and self.plan.default_takes(spec)]
         default = Selection.of(message, rest, len(specs)) if rest and self.plan.default_stream else None
         result = (tuple(takes), default)
         self._takes[message] = result

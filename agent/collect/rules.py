@@ -19,7 +19,7 @@ from agent import schema
 from agent.collect.evaluate import CompiledExpression, SignalIndex, compile_expression
 from agent.collect.expr import Arith, Call, Compare, ExprError, Logic, Name, Negate, Node, Not, parse
 from agent.config import AgentConfig
-from agent.model import SignalSpec
+from agent.model import DATA_ROLE, SignalSpec
 from agent.yamlsrc import ConfigError, Located, format_path
 
 DEFAULT_STREAM = "telemetry"
@@ -45,8 +45,13 @@ class SignalRule:
     deadband_rel: float | None = None
     max_rate_hz: float | None = None
     where: str = ""
+    # Transport signals (checksums, rolling counters: agent.model.TRANSPORT_ROLES) are checked in the car and
+    # left out of uploads: a rule takes them only when it says so.
+    transport: bool = False
 
     def matches(self, spec: SignalSpec) -> bool:
+        if spec.role != DATA_ROLE and not self.transport:
+            return False
         # fnmatch's "*" also crosses dots: "Vehicle.*" takes the whole Vehicle tree.
         return fnmatchcase(spec.vss_path, self.match) or fnmatchcase(spec.key, self.match)
 
@@ -126,9 +131,14 @@ class CollectionPlan:
     # A timestamp this much older than the newest seen is a logger clock reset.
     clock_reset_s: float = 1.0
 
+    def default_takes(self, spec: SignalSpec) -> bool:
+        """Does the default stream take this signal when no rule does?  Only measurements: transport
+        signals leave only through a rule with ``transport: true``."""
+        return self.default_stream is not None and spec.role == DATA_ROLE
+
     def wants(self, spec: SignalSpec) -> bool:
         """Does any part of the plan read this signal?  (A decode filter: skip the rest.)"""
-        if self.default_stream is not None:
+        if self.default_takes(spec):
             return True
         for campaign in self.campaigns:
             if any(rule.matches(spec) for rule in campaign.rules):
@@ -163,6 +173,7 @@ class _SignalRule:
     # true, or {abs: x} / {rel: x}; checked by hand for precise errors, then built as _OnChange.
     on_change: Any = field(default=None, metadata=schema.deferred(_OnChange))
     max_rate_hz: float | None = field(default=None, metadata=schema.num(0, 1_000_000, above=True))
+    transport: bool = False  # also take checksums and rolling counters (left out by default)
 
 
 @dataclass
@@ -274,7 +285,7 @@ def _rule(doc: Located, path: tuple, entry: Any, triggered: bool) -> SignalRule:
         raise doc.error((*path, "max_rate_hz"), "max_rate_hz has no meaning with period_ms (one row per period)")
     on_change, deadband_abs, deadband_rel = _on_change(doc, (*path, "on_change"), raw.on_change)
     return SignalRule(raw.match, raw.period_ms, raw.aggregate or "last", on_change, deadband_abs, deadband_rel,
-                      raw.max_rate_hz, doc.where(path))
+                      raw.max_rate_hz, doc.where(path), raw.transport)
 
 
 def _on_change(doc: Located, path: tuple, value: Any) -> tuple[bool, float, float | None]:

@@ -60,13 +60,23 @@ class FullRate:
         self.stream = stream
         self.priority = priority
         self.put = put
+        self._signals = len(selection.specs)
 
     def on_frame(self, frame: DecodedFrame) -> None:
         selection = self.selection
-        values = selection.values(frame.raw)
-        if values:
-            self.put(Row(self.stream, self.priority, frame.timestamp, frame.bus, frame.message, values, True,
-                         selection.categories_of(values)))
+        raw = frame.raw
+        if selection.whole_message:  # most rows: Selection.values and categories_of without the two calls
+            if not raw:
+                return
+            values = dict(raw)  # a copy: frame.raw may be shared with the decoder's cache
+            categories = selection.categories if len(values) == self._signals else selection.categories_of(values)
+        else:
+            values = selection.values(raw)
+            if not values:
+                return
+            categories = selection.categories_of(values)
+        self.put(Row(self.stream, self.priority, frame.timestamp, frame.bus, frame.message, values, True,
+                     categories))
 
     def flush(self) -> None:
         """Nothing is held back."""

@@ -34,6 +34,7 @@ from agent.flow.parts import (
     build_consent,
     collection_plan,
     decoder_for,
+    integrity_checker,
     open_store,
     state_dir_of,
     vehicle_identity,
@@ -42,6 +43,7 @@ from agent.flow.pipeline import BatchingOptions, Pipeline
 from agent.flow.sidecars import Sidecars
 from agent.flow.writer import StoreWriter
 from agent.incident.config import incident_config
+from agent.integrity.checker import TransportChecker
 from agent.owner.archive import OwnerArchive
 from agent.owner.recorder import ArchiveRecorder, trip_signal
 from agent.ownerpage.config import archive_path, owner_page_config
@@ -94,6 +96,7 @@ class DataPath:
     collector: Collector
     pipeline: Pipeline
     sidecars: Sidecars
+    integrity: TransportChecker | None = None  # counters and checksums checked in the car (agent.integrity)
 
 
 @dataclass
@@ -157,6 +160,10 @@ def build_data_path(config: AgentConfig | None, core: Core, options: BuildOption
     collector = Collector(plan, decoder.specs, privacy)
     pipeline = Pipeline(decoder, collector, privacy, batcher, writer, plan.clock_reset_s)
     sidecars = Sidecars(pipeline, writer, policy, core.vehicle_id)
+    sidecars.attach_diagnostics(decoder)  # DTC answers on diagnostic ids, whoever asked for them
+    integrity = integrity_checker(decoder)
+    if integrity is not None:
+        pipeline.raw_listeners.append(integrity.on_raw)
     if config is not None and config.incidents and core.state_dir is not None:
         sidecars.attach_incidents(incident_config(config), core.state_dir)
     if archive is not None:
@@ -166,7 +173,7 @@ def build_data_path(config: AgentConfig | None, core: Core, options: BuildOption
     camera = camera_config(config) if options.live and config is not None and config.camera else None
     if camera is not None and camera.enabled and core.state_dir is not None:
         sidecars.attach_camera(camera, core.state_dir)
-    return DataPath(config, plan, decoder, privacy, batcher, collector, pipeline, sidecars)
+    return DataPath(config, plan, decoder, privacy, batcher, collector, pipeline, sidecars, integrity)
 
 
 __all__ = ["BuildOptions", "Core", "DataPath", "Stages", "build", "build_core", "build_data_path"]

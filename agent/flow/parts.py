@@ -16,9 +16,11 @@ from agent.collect import CollectionPlan, SignalIndex, parse_collection
 from agent.config import AgentConfig
 from agent.dbc import load_dbc
 from agent.decode import Decoder, SignalFilter
+from agent.diag.config import diagnostics_config
 from agent.incident.config import incident_config
+from agent.integrity.checker import TransportChecker
 from agent.ledger import Ledger
-from agent.model import SignalSpec
+from agent.model import DATA_ROLE, SignalSpec
 from agent.privacy import ConsentPolicy, ConsentStore, Pseudonymizer, consent_config
 from agent.privacy.store import load_state_file
 from agent.service.statedir import prepare_state_dir
@@ -51,9 +53,12 @@ def decoder_from_config(config: AgentConfig, wanted: Callable[[SignalSpec], bool
     """A decoder for the configured buses: their DBCs, and the catalogs beside them."""
     bus_dbcs = {bus.name: [load_dbc(config.resolve(path)) for path in bus.dbc] for bus in config.buses}
     catalog = load_catalogs(bus_dbcs, [])
-    # Messages longer than a CAN frame (UDS responses) are reassembled from ISO-TP first (agent/transport_decode).
+    # Messages longer than a CAN frame (UDS responses) are reassembled from ISO-TP first (agent/transport_decode),
+    # and so are the answers to the agent's own diagnostic requests, DBC or not (a DTC list has no DBC).
+    answers = {rid for spec in diagnostics_config(config).requests for rid in spec.resolved_response_ids}
     return wrap_for_transport(Decoder(bus_dbcs, catalog, wanted=wanted,
-                                      j1939_buses=[b.name for b in config.buses if b.j1939]), bus_dbcs)
+                                      j1939_buses=[b.name for b in config.buses if b.j1939]), bus_dbcs,
+                              ids=answers)
 
 
 def decoder_for(config: AgentConfig, plan: CollectionPlan, also: SignalFilter | None = None) -> Decoder:
@@ -77,6 +82,27 @@ def decoder_for(config: AgentConfig, plan: CollectionPlan, also: SignalFilter | 
         sources = item.trigger.compile(index).sources
         trigger_keys.update(spec.key for specs in sources.values() for spec in specs)
     return decoder
+
+
+def integrity_checker(decoder: Decoder) -> TransportChecker | None:
+    """The checks of the transport signals (the catalogs' ``role: counter | checksum``) of the decoder's DBCs;
+    None when no message has one."""
+    specs = decoder.specs
+
+    def role(message: str, signal: str) -> str:
+        spec = specs.get(f"{message}.{signal}")
+        return spec.role if spec is not None else DATA_ROLE
+
+    plain = getattr(decoder, "decoder", decoder)  # a TransportDecoder wraps the Decoder
+    catalog = plain._catalog
+
+    def entry(message: str, signal: str):
+        return catalog.lookup(f"{message}.{signal}")
+
+    checker = TransportChecker.from_dbcs(
+        plain._bus_dbcs, role, algorithm=lambda m, s: getattr(entry(m, s), "algorithm", None),
+        counter_modulus=lambda m, s: getattr(entry(m, s), "modulus", None))
+    return None if checker.empty else checker
 
 
 def _nothing(spec: SignalSpec) -> bool:
@@ -142,5 +168,6 @@ def build_consent(config: AgentConfig | None, grant_all: bool = False, consent_f
     )
 
 
-__all__ = ["Consent", "build_consent", "collection_plan", "decoder_for", "decoder_from_config", "open_store",
+__all__ = ["Consent", "build_consent", "collection_plan", "decoder_for", "decoder_from_config", "integrity_checker",
+           "open_store",
            "state_dir_of", "vehicle_identity"]

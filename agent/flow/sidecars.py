@@ -1,4 +1,4 @@
-"""Inputs beside the CAN data path: incident snapshots and camera events.
+"""Inputs beside the CAN data path: incident snapshots, camera events and DTC changes.
 
 Both hang off the pipeline (raw frames, decoded frames) and produce their own
 batches, which go into the same store as telemetry (incident: highest
@@ -25,6 +25,8 @@ from agent.camera.rules import CAMERA_STREAM, camera_decision
 from agent.camera.socket_in import CameraSocketServer
 from agent.camera.spool import SpoolWatcher
 from agent.camera.upload import camera_batch
+from agent.diag.dtc import DtcParseError, DtcTracker, is_dtc_response
+from agent.diag.upload import DIAGNOSTICS_CATEGORY, DIAGNOSTICS_STREAM, dtc_batch
 from agent.flow.pipeline import Pipeline
 from agent.flow.writer import StoreWriter
 from agent.incident.config import IncidentConfig
@@ -52,6 +54,11 @@ class SidecarCounters:
     # A full disk: the snapshot is kept in memory and retried (batches wait in the store writer).
     snapshot_errors: int = 0
     dropped_unsaved: int = 0  # snapshots given up past MAX_UNSAVED_SNAPSHOTS
+    dtc_readings: int = 0  # DTC responses seen (ours or another tester's)
+    dtc_changes: int = 0
+    dtc_uploaded: int = 0
+    dtc_kept_in_car: int = 0  # vehicle_health not granted
+    dtc_parse_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -70,6 +77,8 @@ class Sidecars:
     camera: SpoolWatcher | None = None
     camera_socket: CameraSocketServer | None = None
     archive: ArchiveRecorder | None = None  # the owner's trips, kept in the car (agent/owner)
+    dtc: DtcTracker | None = None
+    _dtc_changes: list = field(default_factory=list)  # pipeline thread only
     counters: SidecarCounters = field(default_factory=SidecarCounters)
     _events: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1024))
     _unsaved: deque = field(default_factory=deque)  # snapshots not yet on disk
@@ -85,6 +94,38 @@ class Sidecars:
     def attach_archive(self, recorder: ArchiveRecorder) -> None:
         self.archive = recorder
         self.pipeline.frame_listeners.append(recorder)
+
+    def attach_diagnostics(self, decoder: Any) -> None:
+        """DTC readings in every reassembled diagnostic answer the decoder sees (``TransportDecoder``)."""
+        listeners = getattr(decoder, "transfer_listeners", None)
+        if listeners is None:  # no ISO-TP ids on any bus: no DTC answer can arrive
+            return
+        self.dtc = DtcTracker()
+        listeners.append(self._on_transfer)
+
+    def _on_transfer(self, bus: str, ecu: int, timestamp: float, sdu: bytes) -> None:
+        if self.dtc is None or not is_dtc_response(sdu):
+            return
+        self.counters.dtc_readings += 1
+        try:
+            changes = self.dtc.observe(timestamp, bus, ecu, sdu)
+        except DtcParseError as exc:
+            self.counters.dtc_parse_errors += 1
+            log.warning("bus %s: DTC answer of 0x%X not read: %s", bus, ecu, exc)
+            return
+        self.counters.dtc_changes += len(changes)
+        self._dtc_changes.extend(changes)
+
+    def _send_dtc_changes(self) -> None:
+        changes, self._dtc_changes = self._dtc_changes, []
+        if not changes:
+            return
+        if not self.policy.is_granted(DIAGNOSTICS_CATEGORY):
+            self.counters.dtc_kept_in_car += len(changes)
+            return
+        self.writer.write(dtc_batch(changes, self.vehicle_id, self.writer.numbers(DIAGNOSTICS_STREAM),
+                                    self.policy.version, bench=self.policy.bench))
+        self.counters.dtc_uploaded += len(changes)
 
     def attach_camera(self, config: CameraConfig, state_dir: Path) -> None:
         spool, quarantine, socket_path = config.paths(state_dir)
@@ -159,12 +200,14 @@ class Sidecars:
                                  self.policy.version, bench=self.policy.bench)
             self.writer.write(batch)
             self.counters.camera_uploaded += len(outgoing)
+        self._send_dtc_changes()
         if self.recorder is not None:
             self.recorder.close_due(now)
         if self.archive is not None:  # a quiet bus must not hold the last seconds of a trip
             self.archive.flush()
 
     def flush(self) -> None:
+        self._send_dtc_changes()
         if self.recorder is not None:
             self.recorder.flush()
         if self.archive is not None:

@@ -63,6 +63,10 @@ class _Plan:
     has_location: bool  # location signals are kept: the zone check applies
     latitude: str | None  # names of the position signals in this message (kept or not)
     longitude: str | None
+    # keep_all and no privacy zone applies under the plan's view: a row of known signals is forwarded as it is
+    # (a plan lives as long as its view: plans are rebuilt when the view changes)
+    as_is: bool = False
+    tracks_position: bool = False  # latitude or longitude is in this message
 
 
 @dataclass
@@ -125,11 +129,10 @@ class PrivacyFilter:
         plan = self._plans.get(row.message)
         if plan is None:
             plan = self._plans[row.message] = self._plan(row.message, view)
-        if plan.latitude is not None or plan.longitude is not None:
+        if plan.tracks_position:
             self._track_position(row, plan)
-        if plan.keep_all and not (plan.has_location and view.zones) and row.values.keys() <= plan.actions.keys():
-            if row.categories != plan.categories:
-                row.categories = plan.categories
+        if plan.as_is and row.values.keys() <= plan.actions.keys():
+            row.categories = plan.categories
             self.counters.rows_forwarded += 1
             self.sink.put(row)
             return
@@ -220,8 +223,10 @@ class PrivacyFilter:
         kept = [(a, c) for a, c, _ in actions.values() if a != DROP]
         physical = any(a in (LATITUDE, LONGITUDE, PSEUDONYM) for a, _ in kept)
         keep_all = bool(actions) and len(kept) == len(actions) and not physical
-        return _Plan(actions, frozenset(c for _, c in kept), keep_all,
-                     physical, any(c == "location" for _, c in kept), latitude, longitude)
+        has_location = any(c == "location" for _, c in kept)
+        return _Plan(actions, frozenset(c for _, c in kept), keep_all, physical, has_location, latitude, longitude,
+                     as_is=keep_all and not (has_location and view.zones),
+                     tracks_position=latitude is not None or longitude is not None)
 
     def _action(self, spec: SignalSpec, category: str, view: ConsentView, now: float) -> int:
         action = signal_action(view, spec, now, can_pseudonymize=self.pseudonymizer is not None)

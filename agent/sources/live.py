@@ -7,9 +7,14 @@ simulator serves this protocol on loopback), ``socketcan://CHANNEL`` (kernel
 CAN, e.g. can0 or vcan0).  Any other python-can interface is reachable from
 the YAML config (interface + channel + options).
 
-Each bus has its own reader thread (``bus-NAME``) that hands frames to one
-bounded queue; when the consumer falls behind, frames are dropped and counted
-(a live bus cannot be paused).  A bus opened from its python-can arguments
+Each bus has its own reader thread (``bus-NAME``) that hands frames over in
+blocks (``agent.sources.blocks``: up to 256 frames, at most 5 ms old) to one
+queue bounded in frames; when the consumer falls behind, frames are dropped and
+counted (a live bus cannot be paused).  A bus with ``recv_block(timeout,
+max_frames)`` is read a block at a time; any other with a blocking ``recv``
+followed by ``recv(0)`` while frames come (non-blocking on SocketCAN; once a
+block found the bus trickling, the rest of it is read with the blocking
+``recv`` only).  A bus opened from its python-can arguments
 (``LiveSource.connect``) that cannot be opened yet (a USB adapter that appears
 late at boot, a socketcand server not up yet) or that dies later (adapter
 unplugged, server gone) is retried by its thread with backoff (1 s doubling to
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import random
 import socket
 import threading
@@ -36,6 +40,7 @@ import can
 
 from agent.config import BusConfig
 from agent.netlocal import local_bus_problem
+from agent.sources.blocks import BLOCK_AGE_S, BLOCK_FRAMES, TAKE_FRAMES, BlockQueue, block_reader
 
 log = logging.getLogger(__name__)
 
@@ -230,17 +235,31 @@ class _BusLink:
         (log.warning if self.failures == 1 else log.info)("bus %s: %s; retry in %.1f s", self.name, reason, delay)
 
     def _read(self) -> None:
-        bus, stop, put = self.bus, self.source.stop_event, self.source.put
+        bus, stop = self.bus, self.source.stop_event
         assert bus is not None
+        fill = block_reader(bus)
+        block: list[can.Message] = []
+        due = 0.0  # when the block goes, full or not: BLOCK_AGE_S after its first frame
         while not stop.is_set():
+            if not block:
+                wait = RECV_TIMEOUT_S
+            else:
+                wait = due - time.monotonic()
+                if wait <= 0.0 or len(block) >= BLOCK_FRAMES:
+                    self.source.put_block(self.name, block)
+                    block = []
+                    continue
+            had = len(block)
             try:
-                msg = bus.recv(RECV_TIMEOUT_S)
+                fill(block, wait)
             except Exception as exc:  # the bus died: adapter gone, interface down, server gone
+                self._hand_over(block)
                 self._lost(_short(exc))
                 return
-            if msg is not None:
-                put(self.name, msg)
-            elif _peer_closed(bus):
+            if len(block) > had:
+                if not had:
+                    due = time.monotonic() + BLOCK_AGE_S
+            elif not block and _peer_closed(bus):
                 if self.kwargs is None:  # handed over open (``record``): the server ending is the end of the data
                     self._close_bus()
                     self.state, self.reason = "ended", "connection closed by the socketcand server"
@@ -249,6 +268,11 @@ class _BusLink:
                     return
                 self._lost("connection closed by the socketcand server")
                 return
+        self._hand_over(block)  # what arrived before the stop
+
+    def _hand_over(self, block: list[can.Message]) -> None:
+        if block:
+            self.source.put_block(self.name, block)
 
     def _lost(self, reason: str) -> None:
         if self.source.stop_event.is_set():
@@ -282,7 +306,7 @@ class LiveSource:
                  idle_timeout: float | None = None, *, backoff: Backoff | None = None,
                  opener: Callable[[dict[str, Any]], can.BusABC] = open_bus,
                  _links: dict[str, tuple[can.BusABC | None, dict[str, Any] | None, str | None]] | None = None) -> None:
-        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.queue: BlockQueue[can.Message] = BlockQueue(queue_size)
         self.idle_timeout = idle_timeout
         self.backoff = backoff or Backoff()
         self.opener = opener
@@ -320,12 +344,18 @@ class LiveSource:
     def buses(self) -> dict[str, can.BusABC | None]:
         return {name: link.bus for name, link in self._links.items()}
 
-    def put(self, bus: str, msg: can.Message) -> None:
-        msg.channel = bus
-        try:
-            self.queue.put_nowait((bus, msg))
-        except queue.Full:
-            self.dropped[bus] = self.dropped.get(bus, 0) + 1
+    def put_block(self, bus: str, msgs: list[can.Message]) -> None:
+        """From ``bus``'s reader thread: its frames, oldest first (the list is handed over, not copied)."""
+        for msg in msgs:
+            msg.channel = bus
+        dropped = self.queue.put(bus, msgs)
+        if dropped:
+            self.dropped[bus] = self.dropped.get(bus, 0) + dropped
+
+    def blocks(self, timeout: float, max_frames: int = TAKE_FRAMES) -> list[tuple[str, list[can.Message]]]:
+        """For the consumer: the oldest waiting blocks ``(bus, [msg, ...])``, about ``max_frames`` frames,
+        waiting up to ``timeout`` for one (``[]`` when none came)."""
+        return self.queue.take(timeout, max_frames)
 
     def states(self) -> dict[str, dict[str, Any]]:
         """Per bus: state (open, waiting, failed, stopped), opens, times lost; when waiting, why and the retry."""
@@ -342,15 +372,16 @@ class LiveSource:
         poll = 0.1
         idle = 0.0
         while not self.stop_event.is_set():
-            try:
-                item = self.queue.get(timeout=poll)
-            except queue.Empty:
+            blocks = self.queue.take(poll)
+            if not blocks:
                 idle += poll
                 if self.idle_timeout is not None and idle >= self.idle_timeout:
                     return
                 continue
             idle = 0.0
-            yield item
+            for bus, msgs in blocks:
+                for msg in msgs:
+                    yield bus, msg
 
     def close(self, timeout: float = 2.0) -> None:
         self.stop_event.set()
