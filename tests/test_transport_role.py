@@ -80,3 +80,25 @@ def test_a_rule_naming_only_a_counter_says_why_it_takes_nothing():
     assert warnings == ["agent.yaml:5: collection.campaigns[0].signals[0]: match 'Wheels.Counter' names only "
                         "transport signals (checksums, counters), which stay in the car; add transport: true to "
                         "upload them"]
+
+
+def test_catalog_init_proposes_roles_from_a_real_log(repo_root, shared_data, tmp_path, capsys):
+    from agent.cli.main import main
+
+    out = tmp_path / "pcan.catalog.yaml"
+    log = shared_data / "logs/kona_ev_2019_pcan_ccan_power_on_ready.log"
+    assert main(["catalog", "init", str(repo_root / "dbc/kona-ev/pcan.dbc"), "-o", str(out), "--log", str(log)]) == 0
+    assert "24 proposed as transport signals (counters, checksums) from the log" in capsys.readouterr().out
+    catalog = load_catalog(out)
+    roles = {key: entry for key, entry in catalog.entries.items() if entry.role != "data"}
+    assert len(roles) == 24
+    assert (roles["Steering.Checksum"].role, roles["Steering.Checksum"].algorithm) == ("checksum", "nibble_xor")
+    assert (roles["IEB_387_WHEEL.AliveCounterWHL_PUL"].role, roles["IEB_387_WHEEL.AliveCounterWHL_PUL"].modulus) \
+        == ("counter", 15)
+    # Named like a counter, but the frames say otherwise (always 0): stays data.
+    assert catalog.entries["CGW_462.SometimesCounter"].role == "data"
+    # Without a log, names alone: fewer, and no algorithm.
+    assert main(["catalog", "init", str(repo_root / "dbc/kona-ev/pcan.dbc"), "-o", str(out), "--force"]) == 0
+    by_name = load_catalog(out)
+    assert by_name.entries["Steering.Checksum"].role == "checksum" and by_name.entries["Steering.Checksum"].algorithm \
+        is None
