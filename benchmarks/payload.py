@@ -153,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         for log in REAL_LOGS:
             decoder, pairs = decoded_frames(args.data, log)
             candump, jsonl = baselines(pairs, decoder)
-            dictionary = schema_dictionary(decoder.specs)
+            schema_dict = schema_dictionary(decoder.specs)
             keys = transport_keys(args.data, log, pairs)
             stripped = without(pairs, keys)
-            for mode, dictionary, frames in (("plain", None, pairs), ("dict", dictionary, pairs),
-                                             ("-tr", dictionary, stripped)):
+            for mode, dictionary, frames in (("plain", None, pairs), ("dict", schema_dict, pairs),
+                                             ("-tr", schema_dict, stripped)):
                 result = run_one(frames, decoder, dictionary, args.level, Path(tmp))
                 jsonl_here = jsonl if frames is pairs else baselines(frames, decoder)[1]
                 result.update(log=Path(log.path).name, mode=mode, frames=len(pairs), candump_zstd=candump,
