@@ -65,8 +65,9 @@ def start_owner_page(agent_config: Any) -> OwnerPageServer | None:
     except ImportError as exc:
         log.warning("owner page off: it needs the 'owner' extra (pip install 'vehicle-edge-agent[owner]'): %s", exc)
         return None
-    except OSError as exc:
-        log.warning("owner page off: cannot listen on %s:%d: %s", page.listen, page.port, exc)
+    except (OSError, SystemExit) as exc:  # werkzeug's make_server calls sys.exit(1) when the port is taken
+        log.warning("owner page off: cannot listen on %s:%d: %s", page.listen, page.port,
+                    "address already in use" if isinstance(exc, SystemExit) else exc)
         return None
     server.start()
     return server
