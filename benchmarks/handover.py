@@ -26,6 +26,7 @@ import logging
 import os
 import pickle
 import queue
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,7 +187,7 @@ def _configs(tmp: Path) -> dict[str, Path]:
 
     from tests.helpers.agent_config import write_agent_config
 
-    (tmp / "soak").mkdir()
+    (tmp / "soak").mkdir(parents=True)
     soak = write_agent_config(tmp / "soak", buses="virtual", batch_age=10.0)  # the soak's live config, virtual
     example = yaml.safe_load((REPO_ROOT / "config/agent.yaml").read_text())
     for bus in example["buses"]:
@@ -196,13 +197,15 @@ def _configs(tmp: Path) -> dict[str, Path]:
     example["state"]["dir"] = str(tmp / "example" / "state")
     example.pop("uplink", None)  # no broker here; the store is the end of the path
     example["camera"]["enabled"] = False
-    (tmp / "example").mkdir()
+    (tmp / "example").mkdir(parents=True)
     path = tmp / "example" / "agent.yaml"
     path.write_text(yaml.safe_dump(example, sort_keys=False))
     return {"soak": soak, "example": path}
 
 
-def _frames(config, passes: int = 2) -> list:
+def _passes(config, count: int) -> list[list]:
+    """``count`` passes of the bundled log, each shifted in time after the one before (a looped log whose
+    clock goes on, as live frames stamped on arrival), each as the readers hand it over."""
     import can
 
     from agent.cli.common import bus_map_from_config
@@ -211,12 +214,12 @@ def _frames(config, passes: int = 2) -> list:
     log = REPO_ROOT / "simulator/data/css_truck_j1939_and_canmod_gps.asc.gz"
     first = list(LogSource(str(log), bus_map=bus_map_from_config(config)))
     span = first[-1][1].timestamp - first[0][1].timestamp + 0.01
-    frames = list(first)
-    for k in range(1, passes):  # a looped log, its clock going on (as live frames stamped on arrival)
-        frames += [(bus, can.Message(timestamp=m.timestamp + k * span, arbitration_id=m.arbitration_id,
-                                     is_extended_id=m.is_extended_id, data=m.data, dlc=m.dlc))
-                   for bus, m in first]
-    return frames
+    passes = [first]
+    for k in range(1, count):
+        passes.append([(bus, can.Message(timestamp=m.timestamp + k * span, arbitration_id=m.arbitration_id,
+                                         is_extended_id=m.is_extended_id, data=m.data, dlc=m.dlc))
+                       for bus, m in first])
+    return [_reader_blocks(frames) for frames in passes]
 
 
 def _reader_blocks(frames: list) -> list:
@@ -229,41 +232,45 @@ def _reader_blocks(frames: list) -> list:
     return blocks
 
 
-def _run_path(config_path: Path, blocks: list, mode: str) -> tuple[float, list[bytes]]:
-    """CPU s of feeding ``blocks`` through a fresh data path (``feed`` per frame or ``feed_block``), and the
-    payloads it stored (wall clock and store epoch fixed so that two runs can be compared byte for byte)."""
-    import shutil
+class _Path:
+    """One data path from a config (its own state dir and store), fed per frame or per block; the wall clock
+    and the store epoch fixed, so that two paths' stored payloads can be compared byte for byte."""
 
-    from agent.config import load_config
-    from agent.flow.build import BuildOptions, build
-    from agent.flow.parts import state_dir_of
-    from tests.e2e_support import grant
+    def __init__(self, config_path: Path, mode: str) -> None:
+        from agent.config import load_config
+        from agent.flow.build import BuildOptions, build
+        from agent.flow.parts import state_dir_of
+        from tests.e2e_support import grant
 
-    config = load_config(config_path)
-    state = state_dir_of(config)
-    shutil.rmtree(state, ignore_errors=True)  # a new store each run: batch numbers start alike
-    grant(state, GRANTS)
-    stages = build(config, BuildOptions(boot_id="bench-boot"))
-    stages.path.batcher.created_clock = lambda: 1_800_000_000.0
-    stages.core.store.epoch = "bench-epoch"
-    payloads: list[bytes] = []
-    stages.core.writer.listeners.append(lambda _id, batch: payloads.append(batch.payload))
-    pipeline = stages.path.pipeline
-    started = time.process_time()
-    if mode == "feed":
-        feed = pipeline.feed
-        for bus, msgs in blocks:
-            for msg in msgs:
-                feed(bus, msg)
-    else:
-        feed_block = pipeline.feed_block
-        for bus, msgs in blocks:
-            feed_block(bus, msgs)
-    pipeline.flush()
-    cpu = time.process_time() - started
-    stages.path.sidecars.close()
-    stages.core.store.close()
-    return cpu, payloads
+        config = load_config(config_path)
+        grant(state_dir_of(config), GRANTS)
+        self.stages = build(config, BuildOptions(boot_id="bench-boot"))
+        self.stages.path.batcher.created_clock = lambda: 1_800_000_000.0
+        self.stages.core.store.epoch = "bench-epoch"
+        self.payloads: list[bytes] = []
+        self.stages.core.writer.listeners.append(lambda _id, batch: self.payloads.append(batch.payload))
+        self.mode = mode
+
+    def feed(self, blocks: list) -> float:
+        """CPU s of feeding one pass."""
+        pipeline = self.stages.path.pipeline
+        started = time.process_time()
+        if self.mode == "feed":
+            feed = pipeline.feed
+            for bus, msgs in blocks:
+                for msg in msgs:
+                    feed(bus, msg)
+        else:
+            feed_block = pipeline.feed_block
+            for bus, msgs in blocks:
+                feed_block(bus, msgs)
+        return time.process_time() - started
+
+    def finish(self) -> list[bytes]:
+        self.stages.path.pipeline.flush()
+        self.stages.path.sidecars.close()
+        self.stages.core.store.close()
+        return self.payloads
 
 
 def _canonical(payloads: list[bytes]) -> list:
@@ -278,62 +285,76 @@ def _canonical(payloads: list[bytes]) -> list:
     return out
 
 
-def _baseline(tree: Path, name: str, reps: int, out: Path) -> float:
-    """The ``feed`` loop of the code in ``tree`` (a subprocess importing it), on the same frames."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--feed-only", name, "--tree", str(tree),
-               "--reps", str(reps), "--out", str(out)]
-    subprocess.run(command, check=True, cwd=tree, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    result = pickle.loads(out.read_bytes())
-    return result["cpu_per_frame"]
+def _sameness(one: list[bytes], other: list[bytes]) -> str:
+    """``bytes`` (byte-identical payloads), ``created`` (identical but for incident batches' wall-clock
+    stamp) or ``DIFFERENT``."""
+    if one == other:
+        return "bytes"
+    return "created" if _canonical(one) == _canonical(other) else "DIFFERENT"
 
 
-def feed_only(name: str, reps: int, out: Path) -> None:
+def _per_frame(cpu: list[float], blocks: list) -> tuple[float, float]:
+    frames = sum(len(msgs) for _, msgs in blocks)
+    return min(cpu) / frames * 1e6, statistics.median(cpu) / frames * 1e6
+
+
+def feed_only(name: str, passes: int, out: Path) -> None:
+    """The baseline's side (run with an older tree first on sys.path): the feed loop over the same passes."""
+    from agent.config import load_config
+
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        path = _configs(Path(tmp))[name]
-        from agent.config import load_config
+        config = _configs(Path(tmp))[name]
+        blocks = _passes(load_config(config), passes + 1)
+        path = _Path(config, "feed")
+        path.feed(blocks[0])  # warm-up: decode caches, routes, the store's first pages
+        cpu = [path.feed(b) for b in blocks[1:]]
+        out.write_bytes(pickle.dumps({"per_frame": _per_frame(cpu, blocks[0]), "payloads": path.finish()}))
 
-        blocks = _reader_blocks(_frames(load_config(path)))
-        frames = sum(len(msgs) for _, msgs in blocks)
-        best, payloads = min(_run_path(path, blocks, "feed") for _ in range(reps))
-    out.write_bytes(pickle.dumps({"cpu_per_frame": best / frames * 1e6, "payloads": payloads}))
 
-
-def own_path(reps: int, baseline: Path | None) -> None:
+def own_path(passes: int, baseline: Path | None) -> None:
     from agent.config import load_config
 
     logging.disable(logging.WARNING)  # the example's incident triggers log each firing
-    print(f"(p) the agent's own path (decode -> collect -> consent -> batch -> store), CPU per frame, min of {reps}")
-    header = f"    {'config':<8} {'frames':>7} {'feed':>9} {'feed_block':>11} {'block/feed':>11} {'identical':>10}"
+    print(f"(p) the agent's own path (decode -> collect -> consent -> batch -> store), CPU per frame over "
+          f"{passes} passes of the log after a warm-up one, min / median")
+    header = f"    {'config':<8} {'feed':>15} {'feed_block':>15} {'block/feed':>11} {'identical':>10}"
     if baseline is not None:
-        header += f" {'baseline':>9} {'block/base':>11} {'same as base':>13}"
+        header += f" {'baseline feed':>15} {'block/base':>11} {'same as base':>13}"
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path in _configs(Path(tmp)).items():
-            blocks = _reader_blocks(_frames(load_config(path)))
-            frames = sum(len(msgs) for _, msgs in blocks)
-            runs: dict[str, list[float]] = {"feed": [], "block": []}
-            stored: dict[str, list[bytes]] = {}
-            for _ in range(reps):  # interleaved: the machine's load moves both alike
-                for mode in runs:
-                    cpu, stored[mode] = _run_path(path, blocks, mode)
-                    runs[mode].append(cpu / frames * 1e6)
-            feed, block = min(runs["feed"]), min(runs["block"])
-            same = stored["feed"] == stored["block"] or _canonical(stored["feed"]) == _canonical(stored["block"])
-            line = f"    {name:<8} {frames:>7} {feed:>7.2f}us {block:>9.2f}us {block / feed:>11.2f} {same!s:>10}"
+        configs = {mode: _configs(Path(tmp) / mode) for mode in ("feed", "block")}
+        for name in configs["feed"]:
+            blocks = _passes(load_config(configs["feed"][name]), passes + 1)
+            paths = {mode: _Path(configs[mode][name], mode) for mode in configs}
+            cpu: dict[str, list[float]] = {mode: [] for mode in paths}
+            for number, one_pass in enumerate(blocks):
+                for mode, path in paths.items():  # pass by pass, in turn: the machine's load moves both alike
+                    spent = path.feed(one_pass)
+                    if number:
+                        cpu[mode].append(spent)
+            stored = {mode: path.finish() for mode, path in paths.items()}
+            (feed, feed_median), (block, block_median) = (_per_frame(cpu[m], blocks[0]) for m in ("feed", "block"))
+            same = _sameness(stored["feed"], stored["block"])
+            line = (f"    {name:<8} {feed:>6.2f} / {feed_median:>5.2f}us {block:>6.2f} / {block_median:>5.2f}us "
+                    f"{block / feed:>11.2f} {same:>10}")
             if baseline is not None:
                 out = Path(tmp) / f"baseline-{name}.pickle"
-                base = _baseline(baseline, name, reps, out)
-                base_payloads = pickle.loads(out.read_bytes())["payloads"]
-                same_base = _canonical(base_payloads) == _canonical(stored["block"])
-                line += f" {base:>7.2f}us {block / base:>11.2f} {same_base!s:>13}"
+                command = [sys.executable, str(Path(__file__).resolve()), "--feed-only", name, "--tree",
+                           str(baseline), "--passes", str(passes), "--out", str(out)]
+                subprocess.run(command, check=True, cwd=baseline)
+                result = pickle.loads(out.read_bytes())
+                base, base_median = result["per_frame"]
+                same_base = _sameness(result["payloads"], stored["block"])
+                line += f" {base:>6.2f} / {base_median:>5.2f}us {block / base:>11.2f} {same_base:>13}"
             print(line, flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames and runs")
-    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--reps", type=int, default=None, help="runs of each hand-over measurement")
+    parser.add_argument("--passes", type=int, default=None, help="timed passes of the log for (p)")
     parser.add_argument("--baseline-rev", help="also time the feed loop of this git revision (git archive)")
     parser.add_argument("--baseline-tree", type=Path, help="also time the feed loop of the code in this directory")
     parser.add_argument("--feed-only", help=argparse.SUPPRESS)
@@ -342,8 +363,9 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree or REPO_ROOT))
     reps = args.reps or (2 if args.quick else 3)
+    passes = args.passes or (2 if args.quick else 6)
     if args.feed_only:
-        feed_only(args.feed_only, reps, args.out)
+        feed_only(args.feed_only, passes, args.out)
         return 0
     with contextlib.ExitStack() as stack:
         baseline = args.baseline_tree
@@ -353,7 +375,7 @@ def main() -> int:
                                      capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
         handover(100_000 if args.quick else 300_000, 20_000 if args.quick else 50_000, reps)
-        own_path(reps, baseline)
+        own_path(passes, baseline)
     print(json.dumps({"python": sys.version.split()[0], "cpus": os.cpu_count(), "load": os.getloadavg()}))
     return 0
 
