@@ -159,10 +159,10 @@ def test_timeouts_are_honest(server):
         for timeout in (0.0, 0.05, 0.3):
             started = time.monotonic()
             assert bus.recv(timeout) is None
-            assert timeout <= time.monotonic() - started < timeout + 0.1
+            assert timeout <= time.monotonic() - started < timeout + 0.25
             started = time.monotonic()
             assert bus.recv_block(timeout, 10) == []
-            assert timeout <= time.monotonic() - started < timeout + 0.1
+            assert timeout <= time.monotonic() - started < timeout + 0.25
         # A frame that arrives while recv waits ends the wait at once.
         threading.Timer(0.2, server.send, args=(numbered(1)[0],)).start()
         started = time.monotonic()

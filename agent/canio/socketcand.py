@@ -149,6 +149,18 @@ class LeanSocketcandBus(can.BusABC):
             self._text += data.decode("ascii", "replace")
 
     # --- receiving ------------------------------------------------------------------------
+    def recv(self, timeout: float | None = None) -> can.Message | None:
+        """python-can's ``recv``, with a shortcut while parsed frames wait and no filters are set: no clock
+        reads, filter call or level-9 log check per frame (python-can's ``recv`` does the rest)."""
+        if self._filters is None and self._next < len(self._frames):
+            msg = self._frames[self._next]
+            self._next += 1
+            if self._next == len(self._frames):
+                self._frames.clear()
+                self._next = 0
+            return msg
+        return super().recv(timeout)
+
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
         if self._next >= len(self._frames) and not self._fill(timeout):
             return None, False
