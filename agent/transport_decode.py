@@ -41,7 +41,7 @@ from udsoncan.ResponseCode import ResponseCode
 
 from agent.dbc import LoadedDbc
 from agent.decode import ALL_DBCS, EXTENDED_FLAG, Decoder
-from agent.diag.requests import split_mode01_response
+from agent.diag.requests import OBD_RESPONSE_IDS, split_mode01_response
 from agent.isotp import IsoTpCounters, IsoTpReassembler
 from agent.model import DecodedFrame
 
@@ -75,8 +75,6 @@ class TransportCounters:
 DIAGNOSTIC_IDS = range(0x700, 0x800)
 # ISO 15765-4 (OBD-II on CAN): ECU n answers on 0x7E8+n, always through ISO-TP, whatever length its DBC message
 # says (the shipped OBD2 DBC describes the 8-byte single frame; a DTC list or several PIDs take more frames).
-OBD_RESPONSE_IDS = range(0x7E8, 0x7F0)
-OBD_MODE01_RESPONSE = 0x41
 
 
 def transport_ids(dbcs: Iterable[LoadedDbc]) -> set[int]:
@@ -239,7 +237,7 @@ class TransportDecoder:
                 counters.not_in_dbc += 1
             return None
         # A mode 01 answer to several PIDs holds one DBC message per PID: decode each, keep the signals of all.
-        parts = split_mode01_response(payload) if sid == OBD_MODE01_RESPONSE else []
+        parts = split_mode01_response(payload)  # [] unless a mode 01 answer
         raw = {}
         try:
             for part in parts if len(parts) > 1 else [payload]:

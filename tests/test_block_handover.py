@@ -98,15 +98,20 @@ def _take_all(source: LiveSource, count: int, timeout: float = 10.0) -> list[tup
     return blocks
 
 
+def _blocks_from(bus: can.BusABC, count: int) -> list[tuple[str, list[can.Message]]]:
+    """The blocks a LiveSource reading ``bus`` (as "pt") hands over, until ``count`` frames came."""
+    source = LiveSource({"pt": bus})
+    try:
+        return _take_all(source, count)
+    finally:
+        source.close()
+
+
 # -- the hand-over ------------------------------------------------------------------------------
 
 def test_a_backlog_goes_over_in_full_blocks_and_the_rest_when_it_is_old_enough():
     bus = _ListBus(_frames(1000))
-    source = LiveSource({"pt": bus})
-    try:
-        blocks = _take_all(source, 1000)
-    finally:
-        source.close()
+    blocks = _blocks_from(bus, 1000)
     assert [len(msgs) for _, msgs in blocks] == [256, 256, 256, 232]
     assert {name for name, _ in blocks} == {"pt"}
     msgs = [m for _, block in blocks for m in block]
@@ -115,11 +120,7 @@ def test_a_backlog_goes_over_in_full_blocks_and_the_rest_when_it_is_old_enough()
 
 def test_a_bus_without_recv_block_gets_one_blocking_recv_then_recv_0_while_frames_come():
     bus = _ListBus(_frames(600))
-    source = LiveSource({"pt": bus})
-    try:
-        blocks = _take_all(source, 600)
-    finally:
-        source.close()
+    blocks = _blocks_from(bus, 600)
     assert [len(msgs) for _, msgs in blocks] == [256, 256, 88]
     burst = [RECV_TIMEOUT_S] + [0] * (BLOCK_FRAMES - 1)
     # Two full blocks, then a third of 87 frames whose recv(0) loop ends on the first empty read ...
@@ -143,11 +144,7 @@ class _TrickleBus(_ListBus):
 
 def test_frames_that_trickle_are_not_followed_by_an_empty_recv_0_each():
     bus = _TrickleBus(_frames(40))
-    source = LiveSource({"pt": bus})
-    try:
-        blocks = _take_all(source, 40)
-    finally:
-        source.close()
+    blocks = _blocks_from(bus, 40)
     assert _numbers([m for _, block in blocks for m in block]) == list(range(40))
     assert len(blocks) > 1  # 40 frames 0.5 ms apart go by age, in several blocks
     # One look for a backlog per block (right after its first frame), not one empty recv(0) per frame.

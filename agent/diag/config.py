@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import schema
-from agent.diag.requests import NotWritableError, RequestSpec, spec_from_config
+from agent.diag.requests import NotWritableError, RequestSpec, spec_from_config, writable_problem
+from agent.yamlsrc import Located
 
 SECTION = ("diagnostics",)
 
@@ -48,7 +49,6 @@ def diagnostics_config(config: Any) -> DiagnosticsConfig:
     if not data:
         return DiagnosticsConfig(writable=writable)
     if doc is None:
-        from agent.yamlsrc import Located
         doc = Located(config.source, {"diagnostics": data})
     raw = schema.build(_Diagnostics, doc, SECTION, data)
     buses = {bus.name for bus in config.buses}
@@ -61,9 +61,9 @@ def diagnostics_config(config: Any) -> DiagnosticsConfig:
             raise doc.error(path, str(exc).removeprefix(f"diagnostics.requests[{index}]").lstrip(".: ")) from None
         if spec.bus not in buses:
             raise doc.error((*path, "bus"), f"no bus named {spec.bus!r} (buses: {', '.join(sorted(buses))})")
-        if spec.bus not in writable:
-            raise doc.error((*path, "bus"), f"bus {spec.bus!r} is not writable: set transmit: true on it to "
-                                            "let the agent send this request, or drop the request")
+        problem = writable_problem(spec, writable, "transmit")
+        if problem:
+            raise doc.error((*path, "bus"), problem)
         specs.append(spec)
     return DiagnosticsConfig(tuple(specs), raw.timeout_s, writable)
 

@@ -93,6 +93,15 @@ class NotWritableError(ValueError):
     """A request for a bus the agent must not write to."""
 
 
+def writable_problem(spec: RequestSpec, writable: Set[str], field: str = "buses[].transmit") -> str | None:
+    """Why ``spec`` may not be sent (its bus is not in ``writable``), or None: the one rule, for the
+    config's check (with file:line) and the scheduler's own."""
+    if spec.bus in writable:
+        return None
+    return (f"bus {spec.bus!r} is not writable, and a {spec.kind} request sends frames: set {field}: true on "
+            f"bus {spec.bus!r} to allow it, or drop the request")
+
+
 @dataclass(frozen=True)
 class RequestSpec:
     bus: str
@@ -236,10 +245,9 @@ class RequestScheduler:
                  writable_field: str = "buses[].transmit", specs_field: str = "diagnostics.requests") -> None:
         self._writable = frozenset(writable)
         for index, spec in enumerate(specs):
-            if spec.bus not in self._writable:
-                raise NotWritableError(
-                    f"{specs_field}[{index}]: bus {spec.bus!r} is not writable, and a {spec.kind} request sends "
-                    f"frames: set {writable_field}: true on bus {spec.bus!r} to allow it, or drop the request")
+            problem = writable_problem(spec, self._writable, writable_field)
+            if problem:
+                raise NotWritableError(f"{specs_field}[{index}]: {problem}")
         self._send_fn = send
         self._clock = clock
         self._timeout = timeout_s

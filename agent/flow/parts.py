@@ -87,12 +87,6 @@ def decoder_for(config: AgentConfig, plan: CollectionPlan, also: SignalFilter | 
 def integrity_checker(decoder: Decoder) -> TransportChecker | None:
     """The checks of the transport signals (the catalogs' ``role: counter | checksum``) of the decoder's DBCs;
     None when no message has one."""
-    specs = decoder.specs
-
-    def role(message: str, signal: str) -> str:
-        spec = specs.get(f"{message}.{signal}")
-        return spec.role if spec is not None else DATA_ROLE
-
     plain = getattr(decoder, "decoder", decoder)  # a TransportDecoder wraps the Decoder
     catalog = plain._catalog
 
@@ -100,7 +94,8 @@ def integrity_checker(decoder: Decoder) -> TransportChecker | None:
         return catalog.lookup(f"{message}.{signal}")
 
     checker = TransportChecker.from_dbcs(
-        plain._bus_dbcs, role, algorithm=lambda m, s: getattr(entry(m, s), "algorithm", None),
+        plain._bus_dbcs, lambda m, s: getattr(entry(m, s), "role", DATA_ROLE),
+        algorithm=lambda m, s: getattr(entry(m, s), "algorithm", None),
         counter_modulus=lambda m, s: getattr(entry(m, s), "modulus", None))
     return None if checker.empty else checker
 

@@ -17,7 +17,7 @@ is committed (the uplink's ``notify`` just sets an event).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import can
@@ -79,18 +79,8 @@ class Pipeline:
     # -- hot path ------------------------------------------------------------------
     def feed(self, bus: str, msg: can.Message) -> None:
         self.counters.frames_in += 1
-        timestamp = msg.timestamp
-        if not -_LIMIT_S <= timestamp <= _LIMIT_S:  # NaN, inf or absurd: no stage could place it in time
-            self.counters.bad_timestamps += 1
+        if not self._in_time(bus, (msg,)):  # NaN, inf or absurd: no stage could place it in time
             return
-        newest = self._newest.get(bus)
-        if newest is None or timestamp > newest:
-            if newest is not None and timestamp - newest > CLOCK_JUMP_AHEAD_S:
-                self.clock_jumps[bus] = self.clock_jumps.get(bus, 0) + 1
-            self._newest[bus] = timestamp
-        elif newest - timestamp > self._jump_back_s:
-            self.clock_jumps[bus] = self.clock_jumps.get(bus, 0) + 1
-            self._newest[bus] = timestamp
         for listener in self.raw_listeners:
             listener(bus, msg)
         frame = self.decoder.decode(msg, bus)
@@ -111,15 +101,6 @@ class Pipeline:
         handlers_of = self.collector.bus_handlers(bus)
         learn = self.collector.learn_handlers
         raw_listeners, frame_listeners = self.raw_listeners, self.frame_listeners
-        if not raw_listeners and not frame_listeners:
-            for frame in frames:
-                if frame is not None:
-                    handlers = handlers_of.get(frame.message)
-                    if handlers is None:
-                        handlers = learn(bus, frame.message)
-                    for handler in handlers:
-                        handler(frame)
-            return
         for msg, frame in zip(timed, frames):
             for raw_listener in raw_listeners:
                 raw_listener(bus, msg)
@@ -133,8 +114,9 @@ class Pipeline:
             for listener in frame_listeners:
                 listener(frame)
 
-    def _in_time(self, bus: str, msgs: list[can.Message]) -> list[can.Message]:
-        """The frames a stage can place in time, with the bus's clock steps counted (as ``feed`` does)."""
+    def _in_time(self, bus: str, msgs: Sequence[can.Message]) -> Sequence[can.Message]:
+        """The frames a stage can place in time (``msgs`` itself when all are), with the bus's clock steps
+        counted: the one place that decides both, for ``feed`` and ``feed_block``."""
         low, high = -_LIMIT_S, _LIMIT_S
         ahead, back = CLOCK_JUMP_AHEAD_S, self._jump_back_s
         newest = self._newest.get(bus)

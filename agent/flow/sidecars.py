@@ -104,7 +104,7 @@ class Sidecars:
         listeners.append(self._on_transfer)
 
     def _on_transfer(self, bus: str, ecu: int, timestamp: float, sdu: bytes) -> None:
-        if self.dtc is None or not is_dtc_response(sdu):
+        if not is_dtc_response(sdu):
             return
         self.counters.dtc_readings += 1
         try:
