@@ -25,7 +25,8 @@ COMPRESSOR = zstandard.ZstdCompressor(level=3)
 
 
 def make_batch(seq: int, stream: str = "telemetry", priority: int = 1, categories=("driving",), rows: int = 200,
-               boot_id: str = "boot-1", seed: int | None = None, store_epoch: str | None = None) -> EncodedBatch:
+               boot_id: str = "boot-1", seed: int | None = None, store_epoch: str | None = None,
+               compressor: zstandard.ZstdCompressor = COMPRESSOR) -> EncodedBatch:
     noise = random.Random(seq if seed is None else seed)
     table = TableData("can0", "M", True, ("a",), [seq + i / 1000 for i in range(rows)],
                       [(noise.randrange(1 << 16),) for _ in range(rows)], [1], [0])
@@ -33,7 +34,7 @@ def make_batch(seq: int, stream: str = "telemetry", priority: int = 1, categorie
               "categories": sorted(categories), "consent_version": 0, "bench": False, "created": 0.0}
     if store_epoch is not None:
         header["store_epoch"] = store_epoch
-    return encode_batch(header, [table], COMPRESSOR)
+    return encode_batch(header, [table], compressor)
 
 
 def test_pending_order_exclude_and_delivery(tmp_path):
@@ -175,9 +176,12 @@ def test_threads_add_and_deliver_concurrently(tmp_path):
         errors: list[BaseException] = []
 
         def writer(base: int) -> None:
+            # A zstd compressor is not thread-safe (ZstdError "not authorized at current processing stage"):
+            # each writer encodes with its own, as each producer in the agent does.
+            compressor = zstandard.ZstdCompressor(level=3)
             try:
                 for seq in range(base, base + 25):
-                    store.add(make_batch(seq, rows=20))
+                    store.add(make_batch(seq, rows=20, compressor=compressor))
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
