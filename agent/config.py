@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import schema
+from agent.canio import socketcand_client_problem
 from agent.netlocal import bus_problem
 from agent.yamlsrc import ConfigError, Located, load_file, load_text
 
@@ -51,6 +52,7 @@ class BusConfig:
     # The agent may send frames on this bus (diagnostic requests, agent.diag); it never writes to any other.
     transmit: bool = False
     # Extra python-can constructor arguments (e.g. host/port for socketcand); numbers finite, text bounded.
+    # A socketcand bus uses the agent's lean client; ``client: stock`` picks python-can's own (agent.canio).
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,6 +151,9 @@ def _validate(config: AgentConfig, doc: Located) -> None:
         if problem is not None:  # CAN traffic stays on this machine (see agent/netlocal.py)
             key = problem.field if problem.field in ("interface", "channel") else "options"
             raise doc.error(("buses", index, key), problem.message)
+        client_problem = socketcand_client_problem(arguments)
+        if client_problem is not None:
+            raise doc.error(("buses", index, "options", "client"), client_problem)
         for dbc_index, dbc in enumerate(bus.dbc):
             try:
                 found = config.resolve(dbc).is_file()

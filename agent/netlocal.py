@@ -41,7 +41,7 @@ LOCAL_INTERFACES = frozenset({
     "gs_usb", "cantact", "canalystii", "systec", "usb2can", "seeedstudio", "robotell", "etas", "iscan",
 })
 # Interfaces that speak to a server over TCP: allowed only with a loopback host.
-LOOPBACK_ONLY_INTERFACES = frozenset({"socketcand"})
+LOOPBACK_ONLY_INTERFACES = frozenset({"socketcand", "socketcand_lean"})
 # Keys whose value names a host (compared lower-case, also as the end of a key: ``server_ip``, ``tcp_host``).
 HOST_KEYS = frozenset({"host", "hostname", "ip", "ip_address", "address", "addr", "server", "url", "uri",
                        "remote", "endpoint", "peer", "gateway"})

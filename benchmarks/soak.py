@@ -1,31 +1,38 @@
-"""Soak: one hour of vehicle time through the running service, then a steady 10k frames/s live replay.
+"""Soak and live rate: the running service, python-can's stock socketcand client against ours, in one run.
 
-Both phases run the real thing: `vehicle-sim replay` serving the bundled truck log (ASC channel 0: a J1939
-bus, channel 1: a CANmod.gps module) over socketcand on loopback, `vehicle-agent run` reading both buses
-under granted consent, batching into its SQLite buffer and uploading to a local Mosquitto.
+Every phase runs the real thing: `vehicle-agent run` reading the bundled truck log's two buses (ASC channel 0:
+a J1939 bus, channel 1: a CANmod.gps module) over socketcand on loopback under granted consent, batching into
+its SQLite buffer and uploading to a local Mosquitto.
 
-1. Soak: the 127 s log looped to one hour of vehicle time (29 passes, 1.68M frames) at maximum speed.
-   The agent's RSS (VmRSS from /proc/PID/status) is sampled every 2 s; a least-squares line over the
-   samples after the first 20 % (warm-up: caches, SQLite page cache, paho) gives the trend.
-   Targets: RSS <= 80 MB throughout, no upward trend.  Also the agent's CPU time per frame.
-2. Steady rate: the log at 22x real time (~10k frames/s) for ~35 s; CPU % of one core from the agent's
-   utime + stime (/proc/PID/stat) over the steady part.  Target <= 15 %.
-3. Baseline at the same rate: python-can's socketcand client, Notifier and a queue alone (what the agent's
-   live source is made of), so the agent's own share of the CPU can be told apart from the transport's.
+1. Soak (ours): `vehicle-sim replay` loops the 127 s log to ``--hours`` of vehicle time (default 1 h: 29 passes,
+   1.68M frames) at maximum speed.  RSS (VmRSS) sampled every 2 s; a least-squares line over the samples after
+   the first 20 % (warm-up) gives the trend.  Targets: RSS <= 60 MB throughout, flat.
+2. Steady ``--rate`` (default 10k frames/s), side by side: the agent with the stock client, then with ours.  The
+   frames are sent evenly in 1 ms slices, in the log's own order and bus mix (a paced server: the simulator's
+   replay can only scale the log's bursty clock).  CPU % of one core from the agent's utime + stime over the
+   steady part.  Target <= 15 %.  On the lean run, a subscriber on the broker decodes every batch: latency from
+   a frame's arrival (the server stamps each frame as it sends it, on loopback) to its batch committed (the
+   header's ``created``, stamped as the batch closes, just before the store's commit) and to its delivery.
+3. The transport alone at the same rate: the stock client with python-can's Notifier and a queue (the old live
+   source), then the stock client and ours inside the agent's LiveSource (block hand-over), each consumer only
+   counting.  So the agent's own share can be told apart from the transport's.
+4. Two saturated buses: ``--saturate`` frames/s (default 9k, a full 1 Mbit/s bus) on each of the two buses at
+   once, each bus its own frames looped; the agent (ours) must take them all: drops at the bus counted.
+5. SocketCAN: measured where this kernel has vcan; where it has none, said so instead of a figure.
 
-Run: ``python benchmarks/soak.py`` (about 3 minutes; ``--hours 0.1`` for a quick look).
+Run: ``python benchmarks/soak.py`` (about 5 minutes; ``--hours 0.1 --seconds 15`` for a quick look).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +41,14 @@ from common import REPO_ROOT  # noqa: F401  (puts the repo on sys.path)
 
 from simulator.broker import LocalBroker
 from tests.e2e_support import grant
-from tests.reliability.rig import GRANTS, LOG_FRAMES, AgentProcess, LogBook, Simulator, live_config
+from tests.reliability.rig import BUNDLED_LOG, GRANTS, AgentProcess, LogBook, Simulator, live_config
 
 LOG_SECONDS = 127.19  # one pass of the bundled log
-LOG_RATE = sum(LOG_FRAMES.values()) / LOG_SECONDS  # ~455 frames/s
-RSS_TARGET_MB = 80.0
+RSS_TARGET_MB = 60.0
 CPU_TARGET_PERCENT = 15.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+WARM_S = 3.0  # steady phases: CPU is measured from this far in
+LOG_BUSES = {"can0": "truck", "can1": "gps"}  # the log's channels -> the agent's bus names (= socketcand channels)
 
 
 @dataclass
@@ -67,6 +75,16 @@ class Trace:
         cov = sum((p.t - mean_t) * (p.rss_mb - mean_r) for p in points)
         return cov / var * 60.0 if var else math.nan
 
+    def cpu_window(self, start: float) -> dict:
+        window = [s for s in self.samples if s.t >= start]
+        first, last = window[0], window[-1]
+        elapsed = last.t - first.t
+        frames = last.frames - first.frames
+        return {"rate": frames / elapsed, "window_s": elapsed,
+                "cpu_percent": (last.cpu_s - first.cpu_s) / elapsed * 100,
+                "cpu_us_per_frame": (last.cpu_s - first.cpu_s) / max(1, frames) * 1e6,
+                "rss_max": max(s.rss_mb for s in self.samples)}
+
 
 def proc_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -81,133 +99,316 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def sample(agent: AgentProcess, started: float) -> Sample:
+# --- the paced server (its own process) -----------------------------------------------------------------------
+
+def serve_paced(mode: str, rate: float, seconds: float) -> None:
+    """Print the port, wait for both buses' clients, send for ``seconds``: ``mix`` = ``rate`` frames/s in all, in
+    the log's order; ``each`` = ``rate`` frames/s on each bus, its own frames looped.  Then print what was sent."""
+    from agent.sources.log import LogSource
+    from simulator.socketcand_server import SocketcandServer
+
+    frames = [(LOG_BUSES[bus], msg) for bus, msg in LogSource(BUNDLED_LOG)
+              if bus in LOG_BUSES and not (msg.is_remote_frame or msg.is_fd)]
+    lanes = [frames] if mode == "mix" else [[f for f in frames if f[0] == bus] for bus in LOG_BUSES.values()]
+    server = SocketcandServer(queue_frames=65536).start()
+    print(server.port, flush=True)
+    if not server.wait_for_clients(len(LOG_BUSES), 60):
+        raise SystemExit("the agent's buses did not connect within 60 s")
+    sent = [0] * len(lanes)
+    started = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - started
+        if elapsed >= seconds:
+            break
+        due = int(elapsed * rate) + 1
+        for index, lane in enumerate(lanes):
+            count = len(lane)
+            while sent[index] < due:
+                bus, msg = lane[sent[index] % count]
+                server.send(msg, channel=bus)
+                sent[index] += 1
+        time.sleep(0.001)
+    server.stop(flush_timeout=30)
+    print(json.dumps({"sent": sum(sent), "send_s": time.monotonic() - started,
+                      "dropped": server.stats().dropped}), flush=True)
+
+
+class PacedServer:
+    def __init__(self, mode: str, rate: float, seconds: float) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__, "--serve-paced", mode, "--rate", str(rate),
+                                         "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def report(self, timeout: float = 120) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        self.process.wait(timeout)
+        return json.loads(line)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+# --- the broker's side: what the agent committed and delivered, and when ----------------------------------------
+
+class BatchWatch:
+    """Subscribes to every topic on the broker; keeps (arrival time, payload) of each message."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[float, str, bytes]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="soak-watch",
+                                  protocol=mqtt.MQTTv5)
+        ready = threading.Event()
+        self.client.on_connect = lambda client, *a: (client.subscribe("#", qos=1), ready.set())
+        self.client.on_message = lambda _c, _u, msg: self.messages.append((time.time(), msg.topic, msg.payload))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not ready.wait(10):
+            raise RuntimeError("the benchmark's subscriber could not connect to the broker")
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def latencies(self, since: float) -> dict:
+        """Per frame: arrival -> batch committed, arrival -> delivered (s), for frames that arrived after ``since``."""
+        from agent.batch import decode_batch
+
+        dictionaries = {"sha256:" + topic.rsplit("/", 1)[1]: payload for _t, topic, payload in self.messages
+                        if "/dictionary/" in topic}
+        committed: list[float] = []
+        delivered: list[float] = []
+        for received, topic, payload in self.messages:
+            if "/data/" not in topic:
+                continue
+            batch = decode_batch(payload, dictionaries)
+            created = batch.header["created"]
+            for table in batch.tables:
+                for stamp in table.timestamps:
+                    if stamp >= since:
+                        committed.append(created - stamp)
+                        delivered.append(received - stamp)
+        return {"frames": len(committed), "commit": _quantiles(committed), "deliver": _quantiles(delivered)}
+
+
+def _quantiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": math.nan, "p99": math.nan, "max": math.nan}
+    values = sorted(values)
+    return {"p50": values[len(values) // 2], "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
+            "max": values[-1]}
+
+
+# --- the phases ---------------------------------------------------------------------------------------------------
+
+def watch_agent(agent: AgentProcess, started: float, done, interval: float) -> Trace:
+    trace = Trace()
     pid = agent.process.pid
-    return Sample(time.monotonic() - started, proc_rss_mb(pid), proc_cpu_s(pid),
-                  agent.status()["pipeline"]["frames_in"])
+    while True:
+        status = agent.status()
+        trace.samples.append(Sample(time.monotonic() - started, proc_rss_mb(pid), proc_cpu_s(pid),
+                                    status["pipeline"]["frames_in"]))
+        if done():
+            return trace
+        time.sleep(interval)
 
 
-def run_phase(work: Path, book: LogBook, broker: LocalBroker, speed: str, loops: int, interval: float,
-              name: str) -> tuple[Trace, dict, int]:
-    """One agent + one simulator run; samples until the simulator is done and the agent has caught up."""
-    tmp = work / name
+def soak(work: Path, book: LogBook, broker: LocalBroker, hours: float) -> dict:
+    loops = max(1, math.ceil(hours * 3600 / LOG_SECONDS))
+    tmp = work / "soak"
     tmp.mkdir()
     grant(tmp / "state", GRANTS)
-    sim = Simulator(book, speed=speed, loop=loops, name=f"{name}-sim")
-    agent = AgentProcess(live_config(tmp, sim.port, broker.port, batch_age=10.0), book, name=name)
-    trace = Trace()
+    sim = Simulator(book, speed="max", loop=loops, name="soak-sim")
+    agent = AgentProcess(live_config(tmp, sim.port, broker.port, batch_age=10.0), book, name="soak")
     try:
         agent.wait_ready()
-        started = time.monotonic()
-        while sim.process.poll() is None:
-            trace.samples.append(sample(agent, started))
-            time.sleep(interval)
+        trace = watch_agent(agent, time.monotonic(), lambda: sim.process.poll() is not None, 2.0)
         sent = sim.wait(timeout=60).total
         while agent.status()["pipeline"]["frames_in"] + sum(agent.status()["dropped_at_bus"].values()) < sent:
             time.sleep(0.2)
-        trace.samples.append(sample(agent, started))
         report = agent.stop()
     finally:
         sim.kill()
         if agent.alive:
             agent.kill()
-    return trace, report, sent
-
-
-def soak(work: Path, book: LogBook, broker: LocalBroker, hours: float) -> dict:
-    loops = max(1, math.ceil(hours * 3600 / LOG_SECONDS))
-    trace, report, sent = run_phase(work, book, broker, "max", loops, 2.0, "soak")
-    last = trace.samples[-1]
     rss = [s.rss_mb for s in trace.samples]
-    warm = trace.samples[int(len(trace.samples) * 0.2):]
-    return {
-        "vehicle_minutes": loops * LOG_SECONDS / 60, "frames": sent, "frames_in": report["pipeline"]["frames_in"],
-        "dropped": sum(report["dropped_at_bus"].values()), "wall_s": last.t, "rate": last.frames / last.t,
-        "rss_first": rss[0], "rss_max": max(rss), "rss_last": rss[-1],
-        "rss_warm_min": min(s.rss_mb for s in warm), "rss_warm_max": max(s.rss_mb for s in warm),
-        "slope_mb_per_min": trace.slope_mb_per_min(), "samples": len(rss),
-        "cpu_us_per_frame": last.cpu_s / max(1, last.frames) * 1e6,
-        "batches": report["pipeline"]["batches_written"], "acked": report["uplink"]["acked"],
-    }
+    warm = rss[int(len(rss) * 0.2):]
+    last = trace.samples[-1]
+    return {"vehicle_minutes": loops * LOG_SECONDS / 60, "frames": sent, "frames_in": report["pipeline"]["frames_in"],
+            "dropped": sum(report["dropped_at_bus"].values()), "wall_s": last.t, "rate": last.frames / last.t,
+            "rss_first": rss[0], "rss_max": max(rss), "rss_last": rss[-1], "rss_warm_min": min(warm),
+            "rss_warm_max": max(warm), "slope_mb_per_min": trace.slope_mb_per_min(), "samples": len(rss),
+            "cpu_us_per_frame": last.cpu_s / max(1, last.frames) * 1e6,
+            "batches": report["pipeline"]["batches_written"], "acked": report["uplink"]["acked"]}
 
 
-def steady(work: Path, book: LogBook, broker: LocalBroker, rate: float, seconds: float) -> dict:
-    speed = rate / LOG_RATE
-    loops = max(1, math.ceil(seconds * speed / LOG_SECONDS))
-    trace, report, sent = run_phase(work, book, broker, f"{speed:.2f}", loops, 1.0, "steady")
-    # The steady part: from 3 s in to the last sample taken while the simulator was still sending.
-    window = [s for s in trace.samples[:-1] if s.t >= 3.0]
-    first, last = window[0], window[-1]
-    elapsed = last.t - first.t
-    return {
-        "speed": speed, "frames": sent, "dropped": sum(report["dropped_at_bus"].values()),
-        "rate": (last.frames - first.frames) / elapsed, "window_s": elapsed,
-        "cpu_percent": (last.cpu_s - first.cpu_s) / elapsed * 100,
-        "cpu_us_per_frame": (last.cpu_s - first.cpu_s) / max(1, last.frames - first.frames) * 1e6,
-        "rss_max": max(s.rss_mb for s in trace.samples),
-    }
+def live(work: Path, book: LogBook, broker: LocalBroker, name: str, client: str, mode: str, rate: float,
+         seconds: float, watch: bool = False) -> dict:
+    """One agent reading the paced server for ``seconds``; CPU over the steady part, drops, latency if ``watch``."""
+    tmp = work / name
+    tmp.mkdir()
+    grant(tmp / "state", GRANTS)
+    server = PacedServer(mode, rate, seconds)
+    watcher = BatchWatch(broker.port) if watch else None
+    agent = AgentProcess(live_config(tmp, server.port, broker.port, batch_age=10.0, client=client), book, name=name)
+    try:
+        agent.wait_ready()
+        started = time.monotonic()
+        trace = watch_agent(agent, started, lambda: not server.running(), 1.0)
+        sent = server.report()
+        while agent.status()["pipeline"]["frames_in"] + sum(agent.status()["dropped_at_bus"].values()) < sent["sent"]:
+            time.sleep(0.2)
+        report = agent.stop()  # flushes the open batches: the latency of those is the shutdown's, not counted
+        wall_start = time.time() - (time.monotonic() - started)
+    finally:
+        server.kill()
+        if agent.alive:
+            agent.kill()
+    result = trace.cpu_window(WARM_S)
+    result.update(sent=sent["sent"], frames_in=report["pipeline"]["frames_in"],
+                  dropped=sum(report["dropped_at_bus"].values()), server_dropped=sent["dropped"])
+    if watcher is not None:
+        time.sleep(1.0)
+        watcher.stop()
+        result["latency"] = watcher.latencies(wall_start + WARM_S)
+    return result
 
 
-def transport_only(port: int, seconds: float) -> None:
-    """The baseline: python-can's socketcand client + Notifier + a queue, as the agent's live source uses
-    them, with a consumer that only counts.  Runs in its own process (``--transport-only PORT``)."""
+def transport_only(kind: str, port: int, seconds: float) -> None:
+    """Child process: read both buses with ``kind`` for ``seconds``, counting; print rate and CPU."""
+    import logging
     import queue
-    import threading
 
     import can
 
-    frames: queue.Queue = queue.Queue(maxsize=65536)
+    from agent.sources.live import LiveSource, bus_kwargs_from_url
+
+    logging.getLogger("can.interfaces.socketcand").setLevel(logging.ERROR)  # as the agent does
     counted = [0]
+    if kind == "stock+notifier":
+        frames: queue.Queue = queue.Queue(maxsize=65536)
 
-    class Enqueue(can.Listener):
-        def on_message_received(self, msg: can.Message) -> None:
-            frames.put_nowait(msg)
+        class Enqueue(can.Listener):
+            def on_message_received(self, msg: can.Message) -> None:
+                frames.put_nowait(msg)
 
-    buses = [can.Bus(interface="socketcand", host="127.0.0.1", port=port, channel=name) for name in LOG_FRAMES]
-    notifiers = [can.Notifier(bus, [Enqueue()], timeout=0.1) for bus in buses]
+        buses = [can.Bus(interface="socketcand", host="127.0.0.1", port=port, channel=n) for n in LOG_BUSES.values()]
+        for bus in buses:
+            can.Notifier(bus, [Enqueue()], timeout=0.1)
 
-    def consume() -> None:
-        while True:
-            try:
-                frames.get(timeout=2.0)
-            except queue.Empty:
-                return
-            counted[0] += 1
+        def consume() -> None:
+            while True:
+                frames.get()
+                counted[0] += 1
+    else:
+        client = kind.removeprefix("liveSource-")
+        source = LiveSource.connect({n: bus_kwargs_from_url(f"socketcand://127.0.0.1:{port}/{n}?client={client}")
+                                     for n in LOG_BUSES.values()})
+
+        def consume() -> None:
+            while True:
+                for _bus, block in source.blocks(0.1):
+                    counted[0] += len(block)
 
     threading.Thread(target=consume, daemon=True).start()
-    time.sleep(3.0)
-    cpu0, n0, t0 = proc_cpu_s(os.getpid()), counted[0], time.monotonic()
-    time.sleep(seconds)
-    cpu1, n1, t1 = proc_cpu_s(os.getpid()), counted[0], time.monotonic()
+    time.sleep(WARM_S)
+    cpu0, n0, t0 = time.process_time(), counted[0], time.monotonic()
+    time.sleep(seconds - WARM_S - 1.0)
+    cpu1, n1, t1 = time.process_time(), counted[0], time.monotonic()
     print(json.dumps({"rate": (n1 - n0) / (t1 - t0), "cpu_percent": (cpu1 - cpu0) / (t1 - t0) * 100,
                       "cpu_us_per_frame": (cpu1 - cpu0) / max(1, n1 - n0) * 1e6}), flush=True)
-    for notifier in notifiers:
-        notifier.stop()
-    os._exit(0)  # the simulator is still sending; no orderly shutdown needed
+    os._exit(0)  # the server may still be sending; no orderly shutdown needed
 
 
-def baseline(work: Path, book: LogBook, rate: float, seconds: float) -> dict:
-    speed = rate / LOG_RATE
-    sim = Simulator(book, speed=f"{speed:.2f}", loop=max(1, math.ceil((seconds + 6) * speed / LOG_SECONDS)),
-                    name="baseline-sim")
+def transport(kind: str, rate: float, seconds: float) -> dict:
+    server = PacedServer("mix", rate, seconds + 2.0)
     try:
-        result = subprocess.run([sys.executable, __file__, "--transport-only", str(sim.port), "--seconds",
-                                 str(seconds)], capture_output=True, text=True, timeout=seconds + 60, check=True)
+        result = subprocess.run([sys.executable, __file__, "--transport-only", kind, "--port", str(server.port),
+                                 "--seconds", str(seconds)], capture_output=True, text=True, timeout=seconds + 60,
+                                check=True)
     finally:
-        sim.kill()
+        server.kill()
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def vcan_line() -> str:
+    for channel in ("vcan0", "can0"):
+        if Path(f"/sys/class/net/{channel}").exists():
+            return f"SocketCAN: {channel} exists here, but this benchmark measures socketcand only."
+    return ("SocketCAN: not measured - this kernel has no vcan module (no vcan0/can0): no figure rather than "
+            "a made-up one.")
+
+
+# --- report ------------------------------------------------------------------------------------------------------
+
+def met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def print_report(s: dict, runs: dict[str, dict], t: dict[str, dict], sat: dict, rate: float) -> None:
+    print(f"soak (ours): {s['vehicle_minutes']:.1f} min of vehicle time, {s['frames']:,} frames sent, "
+          f"{s['frames_in']:,} seen (dropped at bus {s['dropped']}), in {s['wall_s']:.0f} s "
+          f"({s['rate']:,.0f} frames/s); {s['batches']} batches, {s['acked']} acked")
+    print(f"  RSS: first {s['rss_first']:.1f} MB, max {s['rss_max']:.1f} MB (target <= {RSS_TARGET_MB:.0f}: "
+          f"{met(s['rss_max'] <= RSS_TARGET_MB)}), last {s['rss_last']:.1f} MB; after warm-up "
+          f"{s['rss_warm_min']:.1f}-{s['rss_warm_max']:.1f} MB, trend {s['slope_mb_per_min']:+.3f} MB/min over "
+          f"{s['samples']} samples; CPU {s['cpu_us_per_frame']:.1f} us per frame")
+    print(f"steady {rate:,.0f} frames/s, whole agent, side by side:")
+    for client, r in runs.items():
+        print(f"  {client:<6} client: {r['rate']:,.0f} frames/s over {r['window_s']:.0f} s, dropped at bus "
+              f"{r['dropped']}: CPU {r['cpu_percent']:.1f} % of one core (target <= {CPU_TARGET_PERCENT:.0f}: "
+              f"{met(r['cpu_percent'] <= CPU_TARGET_PERCENT)}), {r['cpu_us_per_frame']:.1f} us per frame, "
+              f"RSS max {r['rss_max']:.1f} MB")
+    stock, lean = runs["stock"], runs["lean"]
+    print(f"  ratio ours/stock: CPU {lean['cpu_percent'] / stock['cpu_percent']:.2f}")
+    latency = lean.get("latency")
+    if latency:
+        c, d = latency["commit"], latency["deliver"]
+        print(f"  latency (ours, {latency['frames']:,} frames; batches close after 10 s): arrival -> committed "
+              f"p50 {c['p50']:.2f} s, p99 {c['p99']:.2f} s, max {c['max']:.2f} s; arrival -> delivered p50 "
+              f"{d['p50']:.2f} s, p99 {d['p99']:.2f} s, max {d['max']:.2f} s")
+    print(f"transport alone, {rate:,.0f} frames/s (both buses, a consumer that only counts):")
+    for kind, r in t.items():
+        print(f"  {kind:<18} {r['rate']:>7,.0f} frames/s  CPU {r['cpu_percent']:5.1f} % = "
+              f"{r['cpu_us_per_frame']:5.2f} us/frame")
+    base = t["stock+notifier"]
+    for kind in ("liveSource-stock", "liveSource-lean"):
+        print(f"  ratio {kind}/stock+notifier: CPU {t[kind]['cpu_percent'] / base['cpu_percent']:.2f}")
+    for client, r in runs.items():
+        alone = t[f"liveSource-{client}"]
+        print(f"  the agent beyond its transport ({client}): {r['cpu_percent'] - alone['cpu_percent']:.1f} % "
+              f"({r['cpu_us_per_frame'] - alone['cpu_us_per_frame']:.1f} us per frame)")
+    lost = sat["sent"] - sat["frames_in"]
+    print(f"two saturated buses ({sat['per_bus']:,.0f} frames/s each, ours): {sat['sent']:,} sent, "
+          f"{sat['frames_in']:,} taken, dropped at bus {sat['dropped']}, lost {lost} "
+          f"({met(sat['dropped'] == 0 and lost == 0)}); {sat['rate']:,.0f} frames/s, CPU {sat['cpu_percent']:.1f} % "
+          f"of one core")
+    print(vcan_line())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hours", type=float, default=1.0, help="vehicle time of the soak (default 1)")
-    parser.add_argument("--rate", type=float, default=10_000, help="steady phase frames/s (default 10000)")
-    parser.add_argument("--seconds", type=float, default=35, help="steady phase length (default 35)")
-    parser.add_argument("--transport-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=10_000, help="steady phases, frames/s (default 10000)")
+    parser.add_argument("--saturate", type=float, default=9_000, help="frames/s per bus, two buses (default 9000)")
+    parser.add_argument("--seconds", type=float, default=35, help="length of each live phase (default 35)")
+    parser.add_argument("--serve-paced", choices=("mix", "each"), help=argparse.SUPPRESS)
+    parser.add_argument("--transport-only", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_paced:
+        serve_paced(args.serve_paced, args.rate, args.seconds)
+        return 0
     if args.transport_only:
-        logging.getLogger("can.interfaces.socketcand").setLevel(logging.ERROR)  # as the agent does
-        transport_only(args.transport_only, args.seconds)
+        transport_only(args.transport_only, args.port, args.seconds)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         work = Path(tmp)
         book = LogBook(work / "logs")
@@ -215,28 +416,15 @@ def main() -> int:
         broker = LocalBroker(work / "mosquitto").start()
         try:
             s = soak(work, book, broker, args.hours)
-            r = steady(work, book, broker, args.rate, args.seconds)
-            b = baseline(work, book, args.rate, args.seconds)
+            runs = {client: live(work, book, broker, f"steady-{client}", client, "mix", args.rate, args.seconds,
+                                 watch=client == "lean") for client in ("stock", "lean")}
+            t = {kind: transport(kind, args.rate, args.seconds)
+                 for kind in ("stock+notifier", "liveSource-stock", "liveSource-lean")}
+            sat = live(work, book, broker, "saturated", "lean", "each", args.saturate, args.seconds)
+            sat["per_bus"] = args.saturate
         finally:
             broker.stop()
-    print(f"soak: {s['vehicle_minutes']:.1f} min of vehicle time, {s['frames']:,} frames sent, "
-          f"{s['frames_in']:,} seen (dropped at bus {s['dropped']}), in {s['wall_s']:.0f} s "
-          f"({s['rate']:,.0f} frames/s); "
-          f"{s['batches']} batches, {s['acked']} acked")
-    print(f"  RSS: first {s['rss_first']:.1f} MB, max {s['rss_max']:.1f} MB (target <= {RSS_TARGET_MB:.0f}: "
-          f"{'met' if s['rss_max'] <= RSS_TARGET_MB else 'MISSED'}), last {s['rss_last']:.1f} MB; after warm-up "
-          f"{s['rss_warm_min']:.1f}-{s['rss_warm_max']:.1f} MB, trend {s['slope_mb_per_min']:+.3f} MB/min "
-          f"over {s['samples']} samples")
-    print(f"  CPU: {s['cpu_us_per_frame']:.1f} us per frame (whole agent: decode to upload)")
-    print(f"steady: speed {r['speed']:.1f}x = {r['rate']:,.0f} frames/s measured over {r['window_s']:.0f} s "
-          f"(dropped at bus {r['dropped']}): CPU {r['cpu_percent']:.1f} % of one core (target <= "
-          f"{CPU_TARGET_PERCENT:.0f}: {'met' if r['cpu_percent'] <= CPU_TARGET_PERCENT else 'MISSED'}, "
-          f"ratio {r['cpu_percent'] / CPU_TARGET_PERCENT:.2f}), {r['cpu_us_per_frame']:.1f} us per frame, "
-          f"RSS max {r['rss_max']:.1f} MB")
-    print(f"  baseline, same rate: python-can's socketcand client + Notifier + queue alone: {b['rate']:,.0f} "
-          f"frames/s, CPU {b['cpu_percent']:.1f} % ({b['cpu_us_per_frame']:.1f} us per frame); the agent beyond "
-          f"it: {r['cpu_percent'] - b['cpu_percent']:.1f} % ({r['cpu_us_per_frame'] - b['cpu_us_per_frame']:.1f} "
-          f"us per frame)")
+    print_report(s, runs, t, sat, args.rate)
     return 0
 
 

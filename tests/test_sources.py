@@ -13,7 +13,15 @@ import pytest
 
 from agent.config import ConfigError, parse_config
 from agent.service.exitcodes import exit_code_for
-from agent.sources.live import Backoff, BusUnavailable, BusUrlError, LiveSource, bus_kwargs_from_url, open_bus
+from agent.sources.live import (
+    Backoff,
+    BusUnavailable,
+    BusUrlError,
+    LiveSource,
+    bus_kwargs_from_config,
+    bus_kwargs_from_url,
+    open_bus,
+)
 from agent.sources.log import LogError, LogSource
 from simulator.broker import free_loopback_port
 from simulator.socketcand_server import SocketcandServer
@@ -66,8 +74,19 @@ def test_full_queue_drops_are_counted_not_silent():
 
 
 def test_bus_urls():
+    # A socketcand:// bus gets the agent's lean client; ?client=stock asks for python-can's own.
     assert bus_kwargs_from_url("socketcand://127.0.0.1:29536/can1") == {
+        "interface": "socketcand_lean", "host": "127.0.0.1", "port": 29536, "channel": "can1"}
+    assert bus_kwargs_from_url("socketcand://127.0.0.1:29536/can1?client=lean") == {
+        "interface": "socketcand_lean", "host": "127.0.0.1", "port": 29536, "channel": "can1"}
+    assert bus_kwargs_from_url("socketcand://127.0.0.1:29536/can1?client=stock") == {
         "interface": "socketcand", "host": "127.0.0.1", "port": 29536, "channel": "can1"}
+    for bad, words in (("socketcand://127.0.0.1:1/can0?client=fast", "client 'fast': expected one of lean, stock"),
+                       ("socketcand://127.0.0.1:1/can0?tcp_tune=1", "the only query"),
+                       ("socketcand://127.0.0.1:1/can0?client=lean&client=stock", "the only query")):
+        with pytest.raises(BusUrlError) as info:
+            bus_kwargs_from_url(bad)
+        assert str(info.value).startswith(bad + ":") and words in str(info.value)
     assert bus_kwargs_from_url("socketcan://vcan0") == {"interface": "socketcan", "channel": "vcan0"}
     for bad in ("some_net://127.0.0.1", "http://x", "socketcand://127.0.0.1/can0", "socketcan://"):
         with pytest.raises(BusUrlError) as info:
@@ -88,6 +107,30 @@ def test_buses_that_would_leave_the_machine_are_refused_before_opening(tmp_path)
     with pytest.raises(ConfigError) as info:
         parse_config("buses:\n  - name: pt\n    interface: ethernet_can\n", source="a.yaml")
     assert str(info.value).startswith("a.yaml:3: buses[0].interface: interface 'ethernet_can' is not a local")
+    # Our lean client is held to the same rule as the stock one, whichever way it is named.
+    with pytest.raises(BusUrlError, match=r"socketcand_lean host '192\.0\.2\.7' is not loopback"):
+        open_bus({"interface": "socketcand_lean", "host": "192.0.2.7", "port": 1, "channel": "can0"})
+    with pytest.raises(ConfigError) as info:
+        parse_config("buses:\n  - name: pt\n    interface: socketcand_lean\n    options: {host: 192.0.2.7, port: 1}\n",
+                     source="a.yaml")
+    assert str(info.value).startswith("a.yaml:4: buses[0].options: socketcand_lean host '192.0.2.7' is not loopback")
+
+
+def test_a_config_bus_chooses_its_socketcand_client(tmp_path):
+    def bus(options: str, interface: str = "socketcand"):
+        config = parse_config(f"buses:\n  - name: pt\n    interface: {interface}\n    options: {options}\n",
+                              source="a.yaml")
+        return bus_kwargs_from_config(config.buses[0])
+
+    assert bus("{host: 127.0.0.1, port: 1}")["interface"] == "socketcand_lean"
+    stock = bus("{host: 127.0.0.1, port: 1, client: stock}")
+    assert stock["interface"] == "socketcand" and "client" not in stock
+    for options, interface, words in (("{host: 127.0.0.1, port: 1, client: fast}", "socketcand",
+                                       "client 'fast': expected one of lean, stock"),
+                                      ("{client: stock}", "virtual", "client 'stock' applies to interface socketcand")):
+        with pytest.raises(ConfigError) as info:
+            bus(options, interface)
+        assert str(info.value).startswith("a.yaml:4: buses[0].options.client: ") and words in str(info.value)
 
 
 def _has_kernel_can(channel: str) -> bool:
@@ -269,10 +312,12 @@ def test_a_socketcand_server_that_is_not_up_fails_fast():
     assert time.monotonic() - started < 1.0  # python-can alone busy-loops for 10 s
 
 
-def test_a_socketcand_server_that_goes_away_is_reconnected():
+@pytest.mark.parametrize("client", ["lean", "stock"])
+def test_a_socketcand_server_that_goes_away_is_reconnected(client):
     server = SocketcandServer(port=0).start()
     port = server.port
-    source = LiveSource.connect({"pt": bus_kwargs_from_url(f"socketcand://127.0.0.1:{port}/pt")}, backoff=FAST)
+    source = LiveSource.connect({"pt": bus_kwargs_from_url(f"socketcand://127.0.0.1:{port}/pt?client={client}")},
+                                backoff=FAST)
     try:
         assert server.wait_for_clients(1, timeout=10)
         server.send(can.Message(arbitration_id=0x10, data=[1]))

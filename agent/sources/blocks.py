@@ -101,7 +101,8 @@ def block_reader(bus: can.BusABC) -> Callable[[list[can.Message], float], None]:
     come, bounded by the room (python-can's SocketCAN ``recv(0)`` does not block).  Once such a loop finds
     nothing, the rest of the block is read with the blocking ``recv`` alone: at 10k frames/s frames come
     one at a time, and an empty ``recv(0)`` after each (a syscall and python-can's bookkeeping) cost more
-    than the hand-over itself (benchmarks/handover.py); each new block looks for a backlog again."""
+    than the hand-over itself (benchmarks/handover.py); each new block looks for a backlog again, and so does
+    a call with ``timeout`` 0 (the reader, having let the block's frames gather, takes what is waiting)."""
     recv_block = getattr(bus, "recv_block", None)
     if callable(recv_block):
         def fill_blocks(block: list[can.Message], timeout: float) -> None:
@@ -115,7 +116,7 @@ def block_reader(bus: can.BusABC) -> Callable[[list[can.Message], float], None]:
         msg = recv(timeout)
         if msg is None:
             return
-        if not block:
+        if not block or not timeout:  # a new block, or the reader taking what gathered while it slept
             looking = True
         block.append(msg)
         if not looking:

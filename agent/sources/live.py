@@ -2,8 +2,9 @@
 
 Bus URLs used on command lines and in the simulator:
 ``virtual://NAME`` (python-can virtual bus, one process),
-``socketcand://HOST:PORT/CHANNEL`` (python-can's stock socketcand client; the
-simulator serves this protocol on loopback), ``socketcan://CHANNEL`` (kernel
+``socketcand://HOST:PORT/CHANNEL`` (the agent's lean socketcand client,
+``agent.canio``; ``?client=stock`` for python-can's own; the simulator serves
+this protocol on loopback), ``socketcan://CHANNEL`` (kernel
 CAN, e.g. can0 or vcan0).  Any other python-can interface is reachable from
 the YAML config (interface + channel + options).
 
@@ -34,10 +35,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import can
 
+from agent.canio import resolve_socketcand_client
+from agent.canio.socketcand import SocketcandConnectionClosed
 from agent.config import BusConfig
 from agent.netlocal import local_bus_problem
 from agent.sources.blocks import BLOCK_AGE_S, BLOCK_FRAMES, TAKE_FRAMES, BlockQueue, block_reader
@@ -83,13 +86,28 @@ def bus_kwargs_from_url(url: str) -> dict[str, Any]:
         if not parts.hostname or not parts.port:
             raise BusUrlError(f"{url}: expected socketcand://HOST:PORT/CHANNEL")
         channel = parts.path.strip("/") or "can0"
-        return {"interface": "socketcand", "host": parts.hostname, "port": parts.port, "channel": channel}
+        kwargs: dict[str, Any] = {"interface": "socketcand", "host": parts.hostname, "port": parts.port,
+                                  "channel": channel}
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"client"})
+        if unknown or len(query.get("client", [])) > 1:
+            raise BusUrlError(f"{url}: the only query a socketcand URL takes is ?client=lean or ?client=stock")
+        if query:
+            kwargs["client"] = query["client"][0]
+        return _resolved(url, kwargs)
     if scheme == "socketcan":
         channel = (parts.netloc + parts.path).strip("/")
         if not channel:
             raise BusUrlError(f"{url}: expected socketcan://CHANNEL (e.g. socketcan://vcan0)")
         return {"interface": "socketcan", "channel": channel}
     raise BusUrlError(f"{url}: unknown bus URL scheme {scheme!r}; use virtual://, socketcand:// or socketcan://")
+
+
+def _resolved(where: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return resolve_socketcand_client(kwargs)
+    except ValueError as exc:
+        raise BusUrlError(f"{where}: {exc}") from None
 
 
 def bus_kwargs_from_config(bus: BusConfig) -> dict[str, Any]:
@@ -101,7 +119,7 @@ def bus_kwargs_from_config(bus: BusConfig) -> dict[str, Any]:
         if bus.data_bitrate:
             kwargs["data_bitrate"] = bus.data_bitrate
     kwargs.update(bus.options)
-    return kwargs
+    return _resolved(f"bus {bus.name}", kwargs)
 
 
 def _short(exc: BaseException) -> str:
@@ -117,7 +135,7 @@ def open_bus(kwargs: dict[str, Any]) -> can.BusABC:
     where = f"{kwargs.get('interface')}:{kwargs.get('channel')}"
     if problem is not None:  # checked before python-can opens anything
         raise BusUrlError(f"cannot open bus {where}: {problem}")
-    if kwargs.get("interface") == "socketcand":
+    if kwargs.get("interface") == "socketcand":  # the stock client (ours connects once, with a timeout)
         try:
             with socket.create_connection((str(kwargs.get("host")), int(kwargs.get("port", 0))), PROBE_TIMEOUT_S):
                 pass
@@ -249,9 +267,17 @@ class _BusLink:
                     self.source.put_block(self.name, block)
                     block = []
                     continue
+                # Let the rest of the block gather in the socket, then take it in one read: waking for every
+                # TCP segment (a few frames each at a steady rate) cost more than the reading (soak.py).
+                time.sleep(wait)
+                wait = 0.0
             had = len(block)
             try:
                 fill(block, wait)
+            except SocketcandConnectionClosed:  # the lean client says so once every frame before it is out
+                self._hand_over(block)
+                self._server_closed()
+                return
             except Exception as exc:  # the bus died: adapter gone, interface down, server gone
                 self._hand_over(block)
                 self._lost(_short(exc))
@@ -259,16 +285,19 @@ class _BusLink:
             if len(block) > had:
                 if not had:
                     due = time.monotonic() + BLOCK_AGE_S
-            elif not block and _peer_closed(bus):
-                if self.kwargs is None:  # handed over open (``record``): the server ending is the end of the data
-                    self._close_bus()
-                    self.state, self.reason = "ended", "connection closed by the socketcand server"
-                    log.info("bus %s: the socketcand server closed the connection", self.name)
-                    self.source.stop_event.wait()
-                    return
-                self._lost("connection closed by the socketcand server")
+            elif not block and _peer_closed(bus):  # the stock client only returns nothing
+                self._server_closed()
                 return
         self._hand_over(block)  # what arrived before the stop
+
+    def _server_closed(self) -> None:
+        if self.kwargs is None:  # handed over open (``record``): the server ending is the end of the data
+            self._close_bus()
+            self.state, self.reason = "ended", "connection closed by the socketcand server"
+            log.info("bus %s: the socketcand server closed the connection", self.name)
+            self.source.stop_event.wait()
+            return
+        self._lost("connection closed by the socketcand server")
 
     def _hand_over(self, block: list[can.Message]) -> None:
         if block:
@@ -277,16 +306,18 @@ class _BusLink:
     def _lost(self, reason: str) -> None:
         if self.source.stop_event.is_set():
             return
-        self.lost += 1
         self._close_bus()
         self.source.errors.append(f"bus {self.name}: {reason}")
+        # ``lost`` is counted once the state says what happened: status never shows a loss on an "open" bus.
         if self.kwargs is None:  # handed over already open: nothing to reopen it with
             self.state, self.reason = "failed", reason
+            self.lost += 1
             log.error("bus %s failed: %s", self.name, reason)
             self.source.stop_event.wait()
             return
         self.failures = self._failures_before_open if time.monotonic() - self.opened_at < STABLE_S else 0
         self._schedule(f"lost: {reason}")
+        self.lost += 1
 
     def _close_bus(self) -> None:
         bus, self.bus = self.bus, None

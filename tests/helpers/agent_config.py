@@ -35,7 +35,7 @@ def uplink_lines(broker_port: int, uplink_extra: str = "") -> list[str]:
 def _bus_line(name: str, buses: str, sim_port: int | None, channel_prefix: str | None, log_channels: bool) -> str:
     dbc, j1939, log_channel = _BUSES[name]
     fields = [f"name: {name}"]
-    if buses == "socketcand":
+    if buses in ("socketcand", "socketcand-stock"):
         if sim_port is None:
             raise ValueError("socketcand buses need sim_port")
         fields += ["interface: socketcand", f"channel: {name}"]
@@ -44,14 +44,16 @@ def _bus_line(name: str, buses: str, sim_port: int | None, channel_prefix: str |
         if channel_prefix:
             fields.append(f"channel: {channel_prefix}-{name}")
     else:
-        raise ValueError(f"buses must be virtual or socketcand, not {buses!r}")
+        raise ValueError(f"buses must be virtual, socketcand or socketcand-stock, not {buses!r}")
     fields.append(f"dbc: [{json.dumps(str(dbc))}]")
     if j1939:
         fields.append("j1939: true")
     if log_channels:
         fields.append(f"log_channel: '{log_channel}'")
-    if buses == "socketcand":
+    if buses == "socketcand":  # the agent's default client (lean)
         fields.append(f"options: {{host: 127.0.0.1, port: {sim_port}}}")
+    elif buses == "socketcand-stock":  # python-can's own client, the fallback
+        fields.append(f"options: {{host: 127.0.0.1, port: {sim_port}, client: stock}}")
     return "  - {" + ", ".join(fields) + "}"
 
 

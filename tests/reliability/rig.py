@@ -53,9 +53,11 @@ class LogBook:
 
 
 def live_config(tmp: Path, sim_port: int, broker_port: int | None = None, *, batch_age: float = 1.0,
-                uplink_extra: str = "", extra: str = "", state_dir: Path | None = None) -> Path:
-    """Both buses of the bundled log over socketcand from the simulator; plaintext loopback broker if given."""
-    return write_agent_config(tmp, buses="socketcand", sim_port=sim_port, broker_port=broker_port,
+                uplink_extra: str = "", extra: str = "", state_dir: Path | None = None, client: str = "lean") -> Path:
+    """Both buses of the bundled log over socketcand from the simulator; plaintext loopback broker if given.
+    ``client``: the agent's lean socketcand client (its default) or python-can's ``stock`` one."""
+    buses = {"lean": "socketcand", "stock": "socketcand-stock"}[client]
+    return write_agent_config(tmp, buses=buses, sim_port=sim_port, broker_port=broker_port,
                               batch_age=batch_age, vehicle=f"{{id: rel-truck, vin: {TEST_VIN}}}", state_dir=state_dir,
                               uplink_extra=uplink_extra, extra=extra, log_channels=False)
 

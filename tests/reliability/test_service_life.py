@@ -76,7 +76,7 @@ def test_a_bus_missing_at_start_and_lost_later_is_waited_for(tmp_path, logbook):
             state = waiting["buses"][bus]
             assert "Connection refused" in state["reason"] and 0 <= state["retry_in_s"] <= 60, state
         ready = [m for m in datagrams(notify) if "READY=1" in m]
-        assert ready and "bus truck waiting: cannot open bus socketcand:truck" in ready[0], ready
+        assert ready and "bus truck waiting: cannot open bus socketcand_lean:truck" in ready[0], ready
         # Waiting costs nothing: no busy loop (python-can's own client spins a core for 10 s per attempt).
         before = agent.status()
         time.sleep(2.0)
