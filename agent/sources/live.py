@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import can
 
-from agent.canio import resolve_socketcand_client
+from agent.canio import SOCKETCAND_CLIENTS, resolve_socketcand_client
 from agent.canio.socketcand import SocketcandConnectionClosed
 from agent.config import BusConfig
 from agent.netlocal import local_bus_problem
@@ -89,8 +89,7 @@ def bus_kwargs_from_url(url: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"interface": "socketcand", "host": parts.hostname, "port": parts.port,
                                   "channel": channel}
         query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(query) - {"client"})
-        if unknown or len(query.get("client", [])) > 1:
+        if set(query) - {"client"} or len(query.get("client", [])) > 1:
             raise BusUrlError(f"{url}: the only query a socketcand URL takes is ?client=lean or ?client=stock")
         if query:
             kwargs["client"] = query["client"][0]
@@ -112,7 +111,7 @@ def _resolved(where: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def bus_kwargs_from_config(bus: BusConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"interface": bus.interface, "channel": bus.channel or bus.name}
-    if bus.interface not in ("virtual", "socketcand"):
+    if bus.interface not in ("virtual", *SOCKETCAND_CLIENTS.values()):  # no bitrate to set
         kwargs["bitrate"] = bus.bitrate
     if bus.fd:
         kwargs["fd"] = True
