@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import schema
+from agent.batch.format import DEFAULT_TIME_RESOLUTION_US, MAX_TIME_RESOLUTION_US
 from agent.canio import socketcand_client_problem
 from agent.netlocal import bus_problem
 from agent.yamlsrc import ConfigError, Located, load_file, load_text
@@ -68,6 +69,9 @@ class BatchingConfig:
     max_age_s: float = field(default=10.0, metadata=schema.num(0.01, 86_400))
     # ... or when its compressed size reaches this (well under broker limits).
     max_bytes: int = field(default=65536, metadata=schema.num(1024, 16 * 1024 * 1024))
+    # Timestamps of telemetry batches are kept to this many microseconds (floored); 1 keeps the
+    # frames' own.  Incident snapshots always keep the frames' own (agent.incident).
+    time_resolution_us: int = field(default=DEFAULT_TIME_RESOLUTION_US, metadata=schema.num(1, MAX_TIME_RESOLUTION_US))
 
 
 @dataclass

@@ -20,6 +20,7 @@ with the wall clock at sending plus any injected clock jump).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ class ReplayOptions:
     progress: bool = False
     faults: FaultSpec | None = None
     transport: TransportFaults | None = None  # message layouts for checksum= and counter= faults
+    # Set (by the command's SIGINT/SIGTERM handler) to stop: the replay ends at the next frame, a wait for
+    # clients at once.  A flag, not a KeyboardInterrupt: an exception raised at any instruction could leave
+    # the server's lock held and hang the shutdown (seen in the kill -9 test).
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -189,9 +194,12 @@ def open_target(url: str, options: ReplayOptions, announce: Callable[[str], None
         announce(f"socketcand server listening on {server.host}:{server.port}")
         if options.wait_clients > 0:
             announce(f"waiting for {options.wait_clients} client(s) (up to {options.wait_timeout:g} s)")
-            if not server.wait_for_clients(options.wait_clients, options.wait_timeout):
+            if not server.wait_for_clients(options.wait_clients, options.wait_timeout, options.stop):
                 got = server.client_count
                 server.stop()
+                if options.stop.is_set():
+                    raise ReplayError(f"{url}: stopped while waiting for clients ({got} of "
+                                      f"{options.wait_clients} connected)")
                 raise ReplayError(f"{url}: only {got} of {options.wait_clients} socketcand client(s) "
                                   f"connected within {options.wait_timeout:g} s")
         return SocketcandTarget(server, options.per_bus, options.flush_timeout,
@@ -261,7 +269,8 @@ def replay(path: str | Path, target: Target, options: ReplayOptions) -> ReplayRe
     path = Path(path)
     LogSource(path)  # validates name, format and existence before anything is sent
     report = ReplayReport()
-    pacer = Pacer(options.speed, options.reset_threshold)
+    stop = options.stop
+    pacer = Pacer(options.speed, options.reset_threshold, sleep=stop.wait)
     sent = report.sent
     progress = _progress(options.progress)
     started = time.monotonic()
@@ -273,6 +282,9 @@ def replay(path: str | Path, target: Target, options: ReplayOptions) -> ReplayRe
     try:
         for bus, msg, pace_at in stream:
             pacer.wait(pace_at)
+            if stop.is_set():
+                report.interrupted = True
+                break
             if injector is not None:
                 # As a receiver would stamp it, plus the clock jump injected so far (msg.timestamp - pace_at).
                 msg.timestamp = time.time() + (msg.timestamp - pace_at)

@@ -309,15 +309,16 @@ class SocketcandServer:
         with self._lock:
             return len(self._clients)
 
-    def wait_for_clients(self, n: int, timeout: float) -> bool:
-        """True once ``n`` clients have completed the handshake, False after ``timeout`` s."""
+    def wait_for_clients(self, n: int, timeout: float, stop: threading.Event | None = None) -> bool:
+        """True once ``n`` clients have completed the handshake, False after ``timeout`` s or once ``stop``
+        is set (looked at every 0.1 s)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while len(self._clients) < n:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (stop is not None and stop.is_set()):
                     return False
-                self._lock.wait(remaining)
+                self._lock.wait(min(remaining, 0.1))
         return True
 
     def send(self, msg: can.Message, channel: str | None = None, timestamp: float | None = None) -> int:

@@ -333,6 +333,7 @@ def test_snapshot_upload_needs_incident_consent_and_coarsens_location(hard_brake
     assert [h["incident"]["part"] for h in headers] == list(range(1, len(batches) + 1))
     assert {h["incident"]["id"] for h in headers} == {stored.info.id}
     assert headers[0]["categories"] == ["incident", "location"]
+    assert not any("t_res_us" in h for h in headers)  # snapshots keep the frames' own times (docs/payload.md)
     samples = [s for b in batches for s in iter_samples(decode_batch(b.payload))]
     keys = {key for _, _, key, _, _ in samples}
     assert "gnss_pos.Latitude" in keys and "CCVS1.WheelBasedVehicleSpeed" in keys

@@ -243,3 +243,87 @@ def test_open_target_rejects_ambiguous_virtual_urls():
         open_target("virtual://x", ReplayOptions(per_bus=True))
     with pytest.raises(ReplayError, match="expected virtual://CHANNEL"):
         open_target("virtual://", ReplayOptions())
+
+
+# -- stopping: a flag set by SIGINT/SIGTERM, never an exception raised mid-instruction -------------------------
+
+
+def test_setting_stop_ends_a_slow_replay_at_the_next_frame_and_reports_what_was_sent(shared_data):
+    receiver = can.Bus(interface="virtual", channel="stop-test")
+    try:
+        options = ReplayOptions(speed=1.0)  # 127 s of log at real speed
+        target = open_target("virtual://stop-test", options)
+        threading.Timer(0.5, options.stop.set).start()
+        started = time.monotonic()
+        report = replay(shared_data / TRUCK, target, options)
+        elapsed = time.monotonic() - started
+        received = 0
+        while receiver.recv(0) is not None:
+            received += 1
+    finally:
+        receiver.shutdown()
+    assert report.interrupted and elapsed < 3.0, elapsed
+    assert 0 < sum(report.sent.values()) == received < 57849
+
+
+def _start_sim(repo_root: Path, shared_data: Path, *extra: str) -> tuple[subprocess.Popen, int, queue.Queue]:
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "simulator.cli", "replay", str(shared_data / TRUCK), "--to",
+         "socketcand://127.0.0.1:0", *extra], cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(sim.stderr, lines), daemon=True).start()
+    while True:
+        line = lines.get(timeout=30)
+        assert line is not None, "replay exited before listening"
+        if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+            return sim, int(match.group(1)), lines
+
+
+def _rest(lines: queue.Queue) -> str:
+    out = []
+    while (line := lines.get(timeout=10)) is not None:
+        out.append(line)
+    return "".join(out)
+
+
+def test_sigint_while_waiting_for_clients_stops_at_once_with_a_one_line_error(shared_data, repo_root):
+    import signal
+
+    sim, _port, lines = _start_sim(repo_root, shared_data, "--wait-clients", "2", "--wait-timeout", "60")
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        sim.send_signal(signal.SIGINT)
+        sim.wait(10)
+        elapsed = time.monotonic() - started
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+    err = _rest(lines)
+    assert elapsed < 2.0 and sim.returncode != 0, (elapsed, sim.returncode, err)
+    assert "stopped while waiting for clients (0 of 2 connected)" in err and "Traceback" not in err, err
+
+
+def test_sigterm_with_a_client_that_stopped_reading_exits_130_with_the_report(shared_data, repo_root):
+    import signal
+    import socket
+
+    sim, port, lines = _start_sim(repo_root, shared_data, "--speed", "max", "--wait-clients", "1")
+    client = socket.create_connection(("127.0.0.1", port))
+    try:
+        assert client.recv(64).startswith(b"< hi >")
+        client.sendall(b"< open can0 >< rawmode >")
+        time.sleep(1.0)  # the server's queue for this client fills: the replay blocks on it
+        started = time.monotonic()
+        sim.send_signal(signal.SIGTERM)
+        out, _ = sim.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        client.close()
+        if sim.poll() is None:
+            sim.kill()
+    err = _rest(lines)
+    assert sim.returncode == 130 and "Traceback" not in err, (sim.returncode, err)
+    assert elapsed < 10.0, elapsed
+    assert re.search(r"replayed \d+ frames", out), out

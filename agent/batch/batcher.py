@@ -113,6 +113,7 @@ class Batcher:
         max_samples: int = 2_000_000,
         created_clock: Callable[[], float] = time.time,
         numbering: Callable[[str], BatchNumbers] | None = None,
+        time_resolution_us: int = 1,
     ) -> None:
         if max_age_s <= 0:
             raise ValueError(f"max_age_s must be positive, got {max_age_s}")
@@ -134,6 +135,7 @@ class Batcher:
         self.consent_version = consent_version
         self.bench = bench
         self.max_samples = max_samples
+        self.time_resolution_us = time_resolution_us
         self.stats = BatcherStats()
         self._open: dict[str, _OpenBatch] = {}
         self._bytes_per_sample: dict[str, float] = {}
@@ -248,7 +250,7 @@ class Batcher:
             "priority": priority, "categories": categories or [UNCLASSIFIED], "consent_version": self.consent_version,
             "bench": self.bench, "created": self.created_clock(),
         }
-        encoded = encode_batch(header, tables, self._compressor, self._dictionary_id)
+        encoded = encode_batch(header, tables, self._compressor, self._dictionary_id, self.time_resolution_us)
         if len(encoded.payload) > self.max_bytes and sum(len(t.rows) for t in tables) > 1:
             self.stats.splits += 1
             first, second = _halves(tables)

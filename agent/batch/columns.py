@@ -293,11 +293,24 @@ def decode_values(column: object, count: int, earlier: list[list]) -> list:
 
 # -- timestamps ----------------------------------------------------------------------------
 
-def encode_times(timestamps: list[float], base_us: int) -> tuple[object, bool]:
+def quantize_us(micros: int, resolution_us: int) -> int:
+    """``micros`` cut down to a whole multiple of ``resolution_us`` (floor: a frame never moves later,
+    so a row stays inside the period or window that holds it)."""
+    return micros - micros % resolution_us
+
+
+def encode_times(timestamps: list[float], base_us: int, resolution_us: int = 1) -> tuple[object, bool]:
     """(column, exact): integer microseconds relative to ``base_us`` when every
     timestamp survives the trip through ``us / 10**6`` bit for bit (candump, ASC
-    and BLF logs do), else the float seconds themselves (exact=False)."""
+    and BLF logs do), else the float seconds themselves (exact=False).
+
+    ``resolution_us`` > 1 keeps the timestamps only to that resolution (floored, see
+    ``quantize_us``): always integers then, and exact=False.  The jitter below a
+    millisecond is most of a batch's bytes on real logs (docs/payload.md, "Time resolution")."""
     micros = [round(t * 1e6) for t in timestamps]
+    if resolution_us > 1:
+        quantized = [m - m % resolution_us for m in micros]
+        return encode_ints([m - base_us for m in quantized], timestamps=True), False
     back = [m / 1_000_000 for m in micros]  # int / int: correctly rounded, as documented
     if back == timestamps:
         relative = [m - base_us for m in micros] if base_us else micros
@@ -318,4 +331,5 @@ def micros_of(timestamp: float) -> int:
 
 
 __all__ = ["ColumnError", "capacity", "decode_floats", "decode_ints", "decode_times", "decode_values", "encode_floats",
-           "encode_ints", "encode_times", "encode_values", "micros_of", "pack_unsigned", "unpack_unsigned"]
+           "encode_ints", "encode_times", "encode_values", "micros_of", "pack_unsigned", "quantize_us",
+           "unpack_unsigned"]

@@ -32,11 +32,16 @@ from agent.batch.columns import (
     encode_times,
     encode_values,
     micros_of,
+    quantize_us,
 )
 from agent.model import SignalSpec
 
 SCHEMA_VERSION = 1
 DEFAULT_LEVEL = 19
+# The agent's default time resolution of telemetry batches (batching.time_resolution_us): 1 ms.  Below it
+# is the logger's and the bus's jitter, 60-75 % of a batch's bytes on the shared logs (docs/payload.md).
+DEFAULT_TIME_RESOLUTION_US = 1000
+MAX_TIME_RESOLUTION_US = 1_000_000
 # Decode limits (docs/payload.md): past one, a batch is refused (BatchError) before it takes memory in proportion
 # to its claims.  The agent stays far below: real bodies are ~5x their payload (< 1 MiB at the 64 KiB default),
 # the batcher closes at 2,000,000 samples, an incident ring holds 400,000 frames.
@@ -49,7 +54,7 @@ MAX_ELEMENTS = 1 << 19  # arrays, maps and their elements in one body or envelop
 _ZSTD_INPUT_STEP = 256  # compressed bytes fed per step: one step expands to at most a few MiB
 HEADER_FIELDS = ("schema", "vehicle_id", "store_epoch", "boot_id", "seq", "stream", "stream_seq",
                  "priority", "categories", "consent_version",
-                 "bench", "t_min", "t_max", "rows", "samples", "created", "zstd_dict", "sha256")
+                 "bench", "t_min", "t_max", "t_res_us", "rows", "samples", "created", "zstd_dict", "sha256")
 
 
 class BatchError(ValueError):
@@ -160,10 +165,10 @@ def _exact(values: tuple) -> tuple:
     return tuple((v.hex(),) if isinstance(v, float) else (type(v), v) for v in values)
 
 
-def _table_array(table: TableData, base_us: int) -> tuple[list, int]:
+def _table_array(table: TableData, base_us: int, resolution_us: int) -> tuple[list, int]:
     """(msgpack-ready table, sample count)."""
     count = len(table.rows)
-    time_column, _ = encode_times(table.timestamps, base_us)
+    time_column, _ = encode_times(table.timestamps, base_us, resolution_us)
     columns: list = []
     # Candidates by types and == (hashed in C), confirmed by _exact: 0.0 and -0.0 are == and of one type yet
     # differ, so the per-value confirmation runs only for a column that looks like an earlier one.
@@ -192,26 +197,37 @@ def encode_batch(
     tables: Sequence[TableData],
     compressor: zstandard.ZstdCompressor,
     dictionary: str | None = None,
+    time_resolution_us: int = 1,
 ) -> EncodedBatch:
     """Build a payload.  ``header`` gives the identity fields (vehicle_id, boot_id,
     seq, stream, priority, categories, consent_version, bench, created); this adds
-    the time range, counts, ``zstd_dict`` and the SHA-256."""
+    the time range, counts, ``zstd_dict`` and the SHA-256.  ``time_resolution_us``
+    > 1 keeps timestamps to that resolution only (floored), said in ``t_res_us``."""
     if not tables:
         raise BatchError("a batch needs at least one row")
+    if not isinstance(time_resolution_us, int) or not 1 <= time_resolution_us <= MAX_TIME_RESOLUTION_US:
+        raise BatchError(f"time_resolution_us must be an integer 1..{MAX_TIME_RESOLUTION_US}, "
+                         f"got {time_resolution_us!r}")
     all_times = [t for table in tables for t in (min(table.timestamps), max(table.timestamps))]
     t_min, t_max = min(all_times), max(all_times)
     base_us = micros_of(t_min)
+    resolution: dict = {}
+    if time_resolution_us > 1:
+        base_us = quantize_us(base_us, time_resolution_us)
+        t_min, t_max = base_us / 1_000_000, quantize_us(micros_of(t_max), time_resolution_us) / 1_000_000
+        resolution["t_res_us"] = time_resolution_us
     encoded = []
     samples = rows = 0
     for table in tables:
-        mapped, count = _table_array(table, base_us)
+        mapped, count = _table_array(table, base_us, time_resolution_us)
         encoded.append(mapped)
         samples += count
         rows += len(table.rows)
     raw_body = msgpack.packb({"t_base_us": base_us, "tables": encoded})
     body = compressor.compress(raw_body)
     full = {
-        "schema": SCHEMA_VERSION, **header, "t_min": t_min, "t_max": t_max, "rows": rows, "samples": samples,
+        "schema": SCHEMA_VERSION, **header, "t_min": t_min, "t_max": t_max, **resolution, "rows": rows,
+        "samples": samples,
         "zstd_dict": dictionary, "sha256": hashlib.sha256(body).hexdigest(),
     }
     ordered = {name: full[name] for name in HEADER_FIELDS if name in full}

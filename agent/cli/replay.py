@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from agent.batch.format import DEFAULT_TIME_RESOLUTION_US, MAX_TIME_RESOLUTION_US
 from agent.cli.common import add_dbc_arguments, decoder_from_args, log_source_from_args
 from agent.cli.framework import add_command
 from agent.cli.logread import add_log_arguments, frames, nothing_matched, report_reading, say_hints
@@ -32,8 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="bench mode: every category counts as granted; batches are marked bench data")
     parser.add_argument("--consent", metavar="FILE", help="run under this consent state (consent.jsonl or dir)")
     parser.add_argument("--batch-age", type=float, default=None, metavar="S", help="batch time span (default 10)")
+    parser.add_argument("--time-resolution-us", type=_resolution, default=None, metavar="US",
+                        help=f"keep timestamps to this many microseconds (default: the config's, else "
+                             f"{DEFAULT_TIME_RESOLUTION_US}); 1 keeps the log's own")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
+
+
+def _resolution(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_TIME_RESOLUTION_US:
+        raise argparse.ArgumentTypeError(f"expected an integer 1..{MAX_TIME_RESOLUTION_US}, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     # DBCs on the command line decode only what the plan reads; with a config, build picks the decoder.
     decoder = decoder_from_args(args, wanted=collection_plan(config).wants) if args.dbc else None
     stages = build(config, BuildOptions(grant_all=args.grant_all, consent_file=args.consent,
-                                        buffer=Path(args.buffer), decoder=decoder, batch_age_s=args.batch_age))
+                                        buffer=Path(args.buffer), decoder=decoder, batch_age_s=args.batch_age,
+                                        time_resolution_us=args.time_resolution_us))
     store, pipeline, path = stages.core.store, stages.path.pipeline, stages.path
     sidecars = path.sidecars if path.sidecars.recorder is not None else None
     consent = stages.core.consent

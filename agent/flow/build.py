@@ -65,6 +65,7 @@ class BuildOptions:
     buffer: Path | None = None  # the buffer database, instead of the state dir's
     decoder: Decoder | None = None  # a decoder made from command-line DBCs, instead of the config's
     batch_age_s: float | None = None  # batch time span, instead of the config's
+    time_resolution_us: int | None = None  # batch timestamps' resolution, instead of the config's
     uplink: bool = False  # make the uplink stage when the config has an uplink section
     on_command: Callable[[bytes], None] | None = None  # the uplink's commands topic (MQTT network thread)
     health: Callable[[], dict] | None = None  # counters for the retained status message
@@ -146,14 +147,16 @@ def build_data_path(config: AgentConfig | None, core: Core, options: BuildOption
         decoder = decoder_for(config, plan, also=trip_signal if archive is not None else None)
     else:
         raise ValueError("a decoder needs DBC files: give --dbc FILE... or --config FILE")
-    batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes) if config is not None \
-        else BatchingOptions()
+    batching = BatchingOptions(config.batching.max_age_s, config.batching.max_bytes,
+                               config.batching.time_resolution_us) if config is not None else BatchingOptions()
     if options.batch_age_s:
         batching.max_age_s = options.batch_age_s
+    if options.time_resolution_us:
+        batching.time_resolution_us = options.time_resolution_us
     policy, writer = core.consent.policy, core.writer
     batcher = Batcher(decoder.specs, writer.write, core.vehicle_id, numbering=writer.numbers,
                       max_age_s=batching.max_age_s, max_bytes=batching.max_bytes, consent_version=policy.version,
-                      bench=policy.bench)
+                      bench=policy.bench, time_resolution_us=batching.time_resolution_us)
     # Each batch carries exactly one consent version: a new version closes what is open first.
     privacy = PrivacyFilter(policy, decoder.specs, batcher, core.consent.pseudonymizer,
                             on_version_change=lambda _changes: batcher.consent_changed(privacy.consent_version))

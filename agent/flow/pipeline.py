@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import can
 
 from agent.batch import Batcher
+from agent.batch.format import DEFAULT_TIME_RESOLUTION_US
 from agent.collect import Collector
 from agent.decode import Decoder
 from agent.flow.writer import StoreWriter
@@ -39,6 +40,7 @@ FrameListener = Callable[[DecodedFrame], None]
 class BatchingOptions:
     max_age_s: float = 10.0
     max_bytes: int = 65536
+    time_resolution_us: int = DEFAULT_TIME_RESOLUTION_US
 
 
 # A frame whose timestamp is this much ahead of its bus's newest one is a clock step (RTC set by GNSS,

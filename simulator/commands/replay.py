@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from agent.cli.framework import add_command
 from agent.integrity.checker import layouts_from_dbcs
@@ -99,6 +103,22 @@ def _announce(line: str) -> None:
     print(f"vehicle-sim replay: {line}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (the replay then ends at the next frame and reports what it sent)
+    instead of raising wherever the main thread happens to be."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    handler = lambda _signum, _frame: stop.set()  # noqa: E731
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.loop < 0:
         raise ValueError(f"--loop must be >= 0, got {args.loop}")
@@ -111,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
                             faults=parse_fault_spec(args.faults) if args.faults else None,
                             transport=transport_faults(args.dbc, checksums) if args.dbc else None)
     LogSource(args.log)  # a missing or unreadable log fails before any server starts
-    target = open_target(args.to, options, announce=_announce)
-    report = replay(args.log, target, options)
+    with _stop_on_signals(options.stop):
+        target = open_target(args.to, options, announce=_announce)
+        report = replay(args.log, target, options)
     print(report.summary(), flush=True)
     if report.log_error:
         print(f"vehicle-sim replay: error: {report.log_error}", file=sys.stderr)

@@ -152,7 +152,7 @@ def test_a_full_filesystem_never_crashes_the_agent_and_it_recovers(tmp_path, log
         sim = Simulator(logbook, speed="8", loop=1, name="diskfull-sim")
         # Live timestamps are wall time: at speed 8 a 0.5 s window holds 4 s of the drive (~2000 frames).
         extra = (STREAMS_AND_INCIDENTS.replace("pre_s: 2", "pre_s: 0.5").replace("post_s: 1", "post_s: 0.5")
-                 .replace("max_mb: 0.001", "max_mb: 2") + "buffer: {quota_mb: 0.1}\n")
+                 .replace("max_mb: 0.001", "max_mb: 2") + "buffer: {quota_mb: 0.04}\n")
         agent = AgentProcess(live_config(tmp_path, sim.port, batch_age=0.5, extra=extra, state_dir=state), logbook,
                              name="diskfull")
         try:
