@@ -125,3 +125,18 @@ def test_bad_settings_are_refused():
         _batcher([], max_age_s=0)
     with pytest.raises(ValueError, match="max_bytes must be at least 1024"):
         _batcher([], max_bytes=100)
+
+
+def test_an_open_batch_closes_at_max_open_samples_whatever_max_bytes_allows():
+    # Constant values compress to almost nothing: only the sample bound closes the batch (its memory bound).
+    from agent.batch.batcher import MAX_OPEN_SAMPLES
+
+    out: list = []
+    batcher = _batcher(out, max_bytes=16 * 1024 * 1024)
+    rows = MAX_OPEN_SAMPLES // 2 + 1000  # two samples per row (v, ok)
+    for i in range(rows):
+        batcher.put(_speed(100.0 + i * 1e-5, 7))
+    batcher.flush()
+    assert MAX_OPEN_SAMPLES == 250_000
+    assert [b.samples for b in out] == [MAX_OPEN_SAMPLES, 2000]
+    assert all(len(b.payload) < 64 * 1024 for b in out)

@@ -46,6 +46,11 @@ BatchSink = Callable[[EncodedBatch], None]
 INITIAL_BYTES_PER_SAMPLE = 0.25
 # Close a little before the estimate reaches max_bytes: the estimate is an average.
 SIZE_MARGIN = 0.8
+# An open batch holds its rows as Python tuples, ~40-50 bytes per sample: at most this many samples (~12 MB)
+# per stream, whatever max_bytes would allow.  At 1 ms time resolution a 64 KiB batch of the soak's traffic
+# holds 1M+ samples, and the service's RSS followed them (benchmarks/soak.py: 107 MB at 2M); the extra
+# header per 250k samples is ~0.1 % of the bytes.
+MAX_OPEN_SAMPLES = 250_000
 
 
 def current_boot_id() -> str:
@@ -110,7 +115,7 @@ class Batcher:
         dictionary: bytes | None = None,
         consent_version: int = 0,
         bench: bool = False,
-        max_samples: int = 2_000_000,
+        max_samples: int = MAX_OPEN_SAMPLES,
         created_clock: Callable[[], float] = time.time,
         numbering: Callable[[str], BatchNumbers] | None = None,
         time_resolution_us: int = 1,
