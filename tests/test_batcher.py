@@ -137,6 +137,6 @@ def test_an_open_batch_closes_at_max_open_samples_whatever_max_bytes_allows():
     for i in range(rows):
         batcher.put(_speed(100.0 + i * 1e-5, 7))
     batcher.flush()
-    assert MAX_OPEN_SAMPLES == 250_000
+    assert MAX_OPEN_SAMPLES == 100_000
     assert [b.samples for b in out] == [MAX_OPEN_SAMPLES, 2000]
     assert all(len(b.payload) < 64 * 1024 for b in out)

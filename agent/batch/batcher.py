@@ -46,11 +46,12 @@ BatchSink = Callable[[EncodedBatch], None]
 INITIAL_BYTES_PER_SAMPLE = 0.25
 # Close a little before the estimate reaches max_bytes: the estimate is an average.
 SIZE_MARGIN = 0.8
-# An open batch holds its rows as Python tuples, ~40-50 bytes per sample: at most this many samples (~12 MB)
+# An open batch holds its rows as Python tuples, ~40-60 bytes per sample: at most this many samples (~6 MB)
 # per stream, whatever max_bytes would allow.  At 1 ms time resolution a 64 KiB batch of the soak's traffic
-# holds 1M+ samples, and the service's RSS followed them (benchmarks/soak.py: 107 MB at 2M); the extra
-# header per 250k samples is ~0.1 % of the bytes.
-MAX_OPEN_SAMPLES = 250_000
+# holds 1M+ samples, and the service's RSS followed them (benchmarks/soak.py, 17 min of driving: max 107 MB
+# at 2M samples, 91 MB at 250k, 77 MB at 100k).  The cost: a 10 s window of more samples is cut in two
+# (kona 2019 at full rate, 110k samples per 10 s: 9,071 -> 10,324 bytes).
+MAX_OPEN_SAMPLES = 100_000
 
 
 def current_boot_id() -> str:

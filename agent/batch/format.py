@@ -44,7 +44,7 @@ DEFAULT_TIME_RESOLUTION_US = 1000
 MAX_TIME_RESOLUTION_US = 1_000_000
 # Decode limits (docs/payload.md): past one, a batch is refused (BatchError) before it takes memory in proportion
 # to its claims.  The agent stays far below: real bodies are ~5x their payload (< 1 MiB at the 64 KiB default),
-# the batcher closes at 250,000 samples (MAX_OPEN_SAMPLES), an incident ring holds 400,000 frames.
+# the batcher closes at 100,000 samples (MAX_OPEN_SAMPLES), an incident ring holds 400,000 frames.
 MAX_BODY_BYTES = 64 * 1024 * 1024  # decompressed body (also the largest zstd window accepted)
 MAX_ROWS = 1 << 22  # rows (frames) in one batch: 4,194,304
 MAX_SAMPLES = 1 << 25  # values (rows x signals) in one batch: 33,554,432
