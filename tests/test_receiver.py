@@ -459,3 +459,24 @@ def test_any_other_error_is_recorded_as_corrupt_and_logged_once(tmp_path, monkey
         assert receiver.unique_batches == 1
     finally:
         receiver.stop()
+
+
+def test_wait_quiet_does_not_count_time_disconnected_as_quiet(tmp_path):
+    # A broker restart leaves the receiver reconnecting (backoff up to 2 s) while its session's queued
+    # batches wait at the broker: "no message for 1 s" then meant nothing, and a leak test counted a
+    # receiver holding 65 of 121 delivered batches.
+    from simulator.broker import LocalBroker
+
+    broker = LocalBroker(tmp_path / "broker").start()
+    receiver = Receiver(broker.host, broker.port, tmp_path / "rx.sqlite", client_id="quiet-rx")
+    receiver.start()
+    try:
+        broker.stop()
+        time.sleep(0.3)
+        started = time.monotonic()
+        receiver.wait_quiet(0.2, timeout=1.5)
+        assert time.monotonic() - started >= 1.4  # not back after 0.4 s: disconnected is not quiet
+    finally:
+        receiver.stop()
+        if broker.running:
+            broker.stop()

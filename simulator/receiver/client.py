@@ -145,10 +145,16 @@ class Receiver:
         return True
 
     def wait_quiet(self, quiet: float, timeout: float) -> None:
-        """Block until no message arrived for ``quiet`` seconds (or ``timeout``)."""
+        """Block until no message arrived for ``quiet`` seconds while subscribed (or ``timeout``).  Time
+        spent disconnected does not count as quiet: after a broker restart the session's queued messages
+        arrive only once the reconnect (backoff up to 2 s) is through."""
         deadline = time.monotonic() + timeout
         last = -1
         while time.monotonic() < deadline:
+            if not self._connected.is_set():
+                last = -1
+                time.sleep(min(quiet, 0.05))
+                continue
             with self._cond:
                 current = self._received
             if current == last:
