@@ -32,8 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zstandard
-
+from agent.batch.compression import batch_compressor
 from agent.batch.format import DEFAULT_LEVEL, BatchError, EncodedBatch, TableData, dictionary_id, encode_batch
 from agent.batch.identity import BatchNumbers
 from agent.model import UNCLASSIFIED, Row, SignalSpec
@@ -146,8 +145,7 @@ class Batcher:
         self._open: dict[str, _OpenBatch] = {}
         self._bytes_per_sample: dict[str, float] = {}
         self._dictionary_id = dictionary_id(dictionary) if dictionary else None
-        zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary else None
-        self._compressor = zstandard.ZstdCompressor(level=level, dict_data=zdict)
+        self._compressor = batch_compressor(level, dictionary)
 
     # -- hot path -------------------------------------------------------------------------
     def put(self, row: Row) -> None:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-import zstandard
-
+from agent.batch.compression import batch_compressor
 from agent.batch.format import DEFAULT_LEVEL, EncodedBatch, TableData, encode_batch
 from agent.batch.identity import BatchNumbers
 from agent.camera.rules import CAMERA_PRIORITY, CAMERA_STREAM, Outgoing
@@ -55,4 +54,4 @@ def camera_batch(outgoing: Sequence[Outgoing], vehicle_id: str, numbers: BatchNu
               "priority": CAMERA_PRIORITY, "categories": categories, "consent_version": consent_version,
               "bench": bench, "created": clock(),
               "camera_events": [item.record for item in sorted(outgoing, key=lambda o: o.timestamp)]}
-    return encode_batch(header, list(tables.values()), zstandard.ZstdCompressor(level=level))
+    return encode_batch(header, list(tables.values()), batch_compressor(level))

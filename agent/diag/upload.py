@@ -12,8 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-import zstandard
-
+from agent.batch.compression import batch_compressor
 from agent.batch.format import DEFAULT_LEVEL, EncodedBatch, TableData, encode_batch
 from agent.batch.identity import BatchNumbers
 from agent.diag.dtc import DtcChange
@@ -43,7 +42,7 @@ def dtc_batch(changes: Sequence[DtcChange], vehicle_id: str, numbers: BatchNumbe
               "priority": DIAGNOSTICS_PRIORITY, "categories": [DIAGNOSTICS_CATEGORY],
               "consent_version": consent_version, "bench": bench, "created": clock(),
               "dtc_events": [change.as_dict() for change in ordered]}
-    return encode_batch(header, list(tables.values()), zstandard.ZstdCompressor(level=level))
+    return encode_batch(header, list(tables.values()), batch_compressor(level))
 
 
 __all__ = ["DIAGNOSTICS_CATEGORY", "DIAGNOSTICS_STREAM", "dtc_batch"]

@@ -25,8 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import zstandard
-
+from agent.batch.compression import batch_compressor
 from agent.batch.format import DEFAULT_LEVEL, EncodedBatch, TableData, encode_batch
 from agent.batch.identity import BatchNumbers
 from agent.incident.store import StoredSnapshot
@@ -140,7 +139,7 @@ def snapshot_batches(stored: StoredSnapshot, policy: PolicyLike, vehicle_id: str
     if not shaped:
         return []
     categories = sorted({"incident"} | ({"location"} if any(p for _, _, p in shaped) else set()))
-    compressor = zstandard.ZstdCompressor(level=level)
+    compressor = batch_compressor(level)
     meta: dict[str, Any] = {"id": info.id, "trigger": info.trigger.name, "time": info.trigger.timestamp,
                             "triggers": [hit.name for hit in info.triggers], "start": info.start, "end": info.end,
                             "complete": info.complete}
