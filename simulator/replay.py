@@ -150,8 +150,9 @@ class PythonCanTarget:
 
 class SocketcandTarget:
     def __init__(self, server: SocketcandServer, per_bus: bool, flush_timeout: float,
-                 keep_timestamps: bool = False) -> None:
+                 keep_timestamps: bool = False, stop: threading.Event | None = None) -> None:
         self.server = server
+        self.stop = stop  # set: the flush at close ends at once (SIGINT/SIGTERM during it)
         self.keep_timestamps = keep_timestamps
         self.per_bus = per_bus
         self.flush_timeout = flush_timeout
@@ -165,7 +166,7 @@ class SocketcandTarget:
 
     def close(self, flush: bool = True) -> None:
         # Every frame must be in the clients' TCP stacks before the sockets close.
-        self.server.stop(flush_timeout=self.flush_timeout if flush else 0.0)
+        self.server.stop(flush_timeout=self.flush_timeout if flush else 0.0, interrupt=self.stop)
 
 
 def open_target(url: str, options: ReplayOptions, announce: Callable[[str], None] = lambda line: None) -> Target:
@@ -203,7 +204,7 @@ def open_target(url: str, options: ReplayOptions, announce: Callable[[str], None
                 raise ReplayError(f"{url}: only {got} of {options.wait_clients} socketcand client(s) "
                                   f"connected within {options.wait_timeout:g} s")
         return SocketcandTarget(server, options.per_bus, options.flush_timeout,
-                                keep_timestamps=options.faults is not None)
+                                keep_timestamps=options.faults is not None, stop=options.stop)
     raise ReplayError(f"{url}: unknown target scheme {scheme!r}; "
                       "use virtual://NAME, socketcand://127.0.0.1:PORT or socketcan://CHANNEL")
 
@@ -304,6 +305,8 @@ def replay(path: str | Path, target: Target, options: ReplayOptions) -> ReplayRe
         progress.update(pending)
         progress.close()
         target.close(flush=not report.interrupted)
+        if stop.is_set():  # also during the flush: a client that stopped reading holds it for flush_timeout
+            report.interrupted = True
         report.elapsed = time.monotonic() - started
         report.dropped = target.dropped()
     return report

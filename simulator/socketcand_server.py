@@ -104,15 +104,19 @@ class _Client:
                     self._writing = False
                     self._cond.notify_all()
 
-    def drained(self, deadline: float) -> bool:
-        """Wait until the queue is empty and the kernel has delivered every byte to the peer."""
+    def drained(self, deadline: float, stop: threading.Event | None = None) -> bool:
+        """Wait until the queue is empty and the kernel has delivered every byte to the peer; False once
+        ``deadline`` passed or ``stop`` is set (a client that stopped reading would hold a flush for the
+        whole deadline, and its socket buffers can take a whole log)."""
         with self._cond:
             while (self._lines or self._writing) and not self.closed:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (stop is not None and stop.is_set()):
                     return False
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, 0.1))
         while not self.closed and time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                return False
             try:
                 unacked = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
             except OSError:
@@ -262,9 +266,10 @@ class SocketcandServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def stop(self, flush_timeout: float = 0.0) -> None:
+    def stop(self, flush_timeout: float = 0.0, interrupt: threading.Event | None = None) -> None:
+        """Close every client, after up to ``flush_timeout`` s of flushing (cut short by ``interrupt``)."""
         if flush_timeout > 0:
-            self.flush(flush_timeout)
+            self.flush(flush_timeout, interrupt)
         self._stopped.set()
         if self._listener is not None:
             with contextlib.suppress(OSError):
@@ -358,12 +363,13 @@ class SocketcandServer:
         except queue.Empty:
             return None
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued frame has reached every client's TCP stack."""
+    def flush(self, timeout: float = 10.0, stop: threading.Event | None = None) -> bool:
+        """Wait until every queued frame has reached every client's TCP stack; False after ``timeout`` s or
+        once ``stop`` is set."""
         deadline = time.monotonic() + timeout
         with self._lock:
             clients = list(self._clients)
-        return all(client.drained(deadline) for client in clients)
+        return all(client.drained(deadline, stop) for client in clients)
 
     def stats(self) -> ServerStats:
         with self._lock:

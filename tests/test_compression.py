@@ -60,7 +60,7 @@ def test_real_batches_cost_the_same_bytes_as_stock_level_19(shared_data):
         decoder, pairs = decoded_frames(shared_data, log)
         dictionary = schema_dictionary(decoder.specs)
         payloads: list[bytes] = []
-        batcher = Batcher(decoder.specs, lambda b: payloads.append(b.payload), "v", "b",
+        batcher = Batcher(decoder.specs, lambda b, out=payloads: out.append(b.payload), "v", "b",
                           itertools.count().__next__, dictionary=dictionary, time_resolution_us=1000)
         for row in rows_of(pairs):
             batcher.put(row)

@@ -244,3 +244,26 @@ def test_localhost_and_ipv6_loopback_are_accepted():
         assert server.port > 0
     finally:
         server.stop()
+
+
+def test_a_flush_held_by_a_client_that_stopped_reading_ends_when_told_to_stop():
+    """``vehicle-sim replay`` stops on SIGTERM even while its closing flush waits on a client that stopped
+    reading (the whole bundled log fits in loopback socket buffers, so the replay itself never blocked)."""
+    server = SocketcandServer(queue_frames=64, send_timeout=0.05).start()
+    stalled = _raw_handshake(server.port)  # never reads again
+    try:
+        assert server.wait_for_clients(1, 5)
+        msg = can.Message(arbitration_id=0x18FEF100, is_extended_id=True, data=bytes(8))
+        while not server.stats().clients[0].dropped:  # socket buffers and the queue full
+            server.send(msg)
+        stop = threading.Event()
+        threading.Timer(0.3, stop.set).start()
+        started = time.monotonic()
+        assert server.flush(timeout=30, stop=stop) is False
+        assert 0.25 <= time.monotonic() - started < 3.0
+        started = time.monotonic()
+        assert server.flush(timeout=0.2) is False  # no stop: the deadline still ends it
+        assert 0.15 <= time.monotonic() - started < 2.0
+    finally:
+        stalled.close()
+        server.stop()
