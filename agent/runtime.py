@@ -27,8 +27,7 @@ from agent.config import AgentConfig, load_config
 from agent.control import CommandRegistry, ControlServer, control_socket_path
 from agent.diag.config import diagnostics_config
 from agent.diag.runner import diagnostics_runner
-from agent.export.anchor import vehicle_anchor
-from agent.export.signing import load_or_create_key
+from agent.export.anchor import signing_key_fingerprint, vehicle_anchor
 from agent.flow.build import BuildOptions, DataPath, build, build_data_path
 from agent.flow.handover import hand_over
 from agent.model import ALL_CATEGORIES
@@ -110,7 +109,7 @@ class AgentRuntime:
     def start(self) -> None:
         # The signing key is made (and its fingerprint logged, for the owner to note) at the first start,
         # before the first status message, which carries the fingerprint.
-        load_or_create_key(self.state_dir)
+        signing_key_fingerprint(self.state_dir)
         self.control.start()
         if self.uplink is not None:
             self.uplink.start()

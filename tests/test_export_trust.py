@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli.main import main
@@ -327,3 +328,33 @@ def test_a_deep_directory_tree_in_an_export_is_no_recursion_error(vehicle, tmp_p
         os.chdir(tmp_path)
         # shutil.rmtree (and pytest's clean-up of old runs) recurse: rm does not.
         subprocess.run(["rm", "-rf", str(export / "d")], check=True)
+
+
+def test_the_remembered_fingerprint_follows_the_key_file(tmp_path, monkeypatch):
+    """``key_file_fingerprint`` answers from its memo only while the key file is the one it was made from."""
+    from agent.export import signing
+    from agent.export.signing import FINGERPRINT_FILE, fingerprint, key_file_fingerprint
+
+    state = tmp_path / "state"
+    assert key_file_fingerprint(state, create=False) is None and not (state / KEY_FILE).exists()
+    first = key_file_fingerprint(state)
+    assert first == fingerprint(load_or_create_key(state))
+    memo = state / FINGERPRINT_FILE
+    assert json.loads(memo.read_text())["fingerprint"] == first
+    computed: list[bytes] = []
+    real = signing._private_key_from
+    monkeypatch.setattr(signing, "_private_key_from", lambda data, path: computed.append(data) or real(data, path))
+    assert key_file_fingerprint(state) == first and computed == []  # from the memo
+    # Another key in the file (restored from a backup, say): the memo is stale and is not believed.
+    other = Ed25519PrivateKey.generate()
+    (state / KEY_FILE).write_bytes(other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    assert key_file_fingerprint(state) == fingerprint(other) != first and len(computed) == 1
+    assert json.loads(memo.read_text())["fingerprint"] == fingerprint(other)
+    for damage in ("not json", '{"key_file_sha256": 1}', '["x"]', ""):
+        memo.write_text(damage)
+        assert key_file_fingerprint(state) == fingerprint(other)
+    assert len(computed) == 5
+    os.chmod(state / KEY_FILE, 0o644)
+    with pytest.raises(signing.SigningKeyError, match="readable by others"):
+        key_file_fingerprint(state)

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.export.signing import KEY_FILE, display_fingerprint, existing_key, load_or_create_key
+from agent.export.signing import KEY_FILE, display_fingerprint, key_file_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,11 @@ def signing_key_fingerprint(state_dir: str | Path, create: bool = True) -> str |
                 return cached[1]
         except FileNotFoundError:
             pass
-        key = load_or_create_key(state_dir) if create else existing_key(state_dir)
-        if key is None:
+        hex_digits = key_file_fingerprint(state_dir, create)  # without cryptography while the key is unchanged
+        if hex_digits is None:
             return None
         info = path.stat()
-        value = display_fingerprint(key)
+        value = display_fingerprint(hex_digits)
         _cache[str(path)] = ((info.st_ino, info.st_mtime_ns), value)
         return value
 

@@ -11,6 +11,10 @@ another way.  It is logged once at WARNING when the key is created, printed by
 ``vehicle-agent identity`` and ``consent show``, and published on the status
 topic; ``export verify`` only calls a key trusted when its fingerprint is one the
 owner gave (``agent/export/trust.py``).
+
+``cryptography`` is imported by the functions that need it, not with this module: it is ~6 MB of the
+service's memory (budget 60 MB), and the service only needs the fingerprint, which ``key_file_fingerprint``
+remembers next to the key (keyed by the key file's SHA-256), so a service whose key exists never loads it.
 """
 
 from __future__ import annotations
@@ -18,21 +22,23 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
 import secrets
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from agent.privacy.durable import ensure_private_dir
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
 KEY_FILE = "vehicle-signing-key.pem"
+FINGERPRINT_FILE = "vehicle-signing-key.fingerprint"  # {"key_file_sha256": ..., "fingerprint": ...}
 FINGERPRINT_PREFIX = "SHA256:"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -61,8 +67,45 @@ def existing_key(state_dir: str | Path) -> Ed25519PrivateKey | None:
     return load_private_key(path) if path.exists() else None
 
 
+def key_file_fingerprint(state_dir: str | Path, create: bool = True) -> str | None:
+    """The 64-hex fingerprint of the vehicle key in ``state_dir``; the key is made first when ``create`` and
+    it is missing (None when it is missing and not ``create``).  Taken from ``FINGERPRINT_FILE`` while that
+    names the SHA-256 of the key file's current bytes, else computed from those bytes and written there.
+
+    :raises SigningKeyError: the key file is readable by others, or not an Ed25519 PEM key.
+    """
+    state = Path(state_dir)
+    path = state / KEY_FILE
+    if not path.exists():
+        if not create:
+            return None
+        load_or_create_key(state)
+    data = _read_key_file(path)
+    digest = hashlib.sha256(data).hexdigest()
+    memo = state / FINGERPRINT_FILE
+    try:
+        saved = json.loads(memo.read_text(encoding="utf-8"))
+        if saved["key_file_sha256"] == digest and _HEX64.match(saved["fingerprint"]):
+            return saved["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing, stale or damaged: computed again below
+    value = fingerprint(_private_key_from(data, path))
+    temporary = memo.with_name(f".{memo.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    try:
+        temporary.write_text(json.dumps({"key_file_sha256": digest, "fingerprint": value}), encoding="utf-8")
+        os.replace(temporary, memo)
+    except OSError as exc:  # a read-only state directory: computed again next time, nothing else lost
+        log.debug("cannot remember the signing key's fingerprint in %s: %s", memo, exc)
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+    return value
+
+
 def _create(path: Path) -> bool:
     """Make the key; False when another process made it first (theirs is kept)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -86,11 +129,22 @@ def _create(path: Path) -> bool:
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     path = Path(path)
+    return _private_key_from(_read_key_file(path), path)
+
+
+def _read_key_file(path: Path) -> bytes:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise SigningKeyError(f"{path}: signing key is readable by others (mode {mode:o}); chmod 600 it")
+    return path.read_bytes()
+
+
+def _private_key_from(data: bytes, path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except ValueError as exc:
         raise SigningKeyError(f"{path}: not a PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -98,12 +152,22 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     return key
 
 
+def _public(key: Ed25519PrivateKey | Ed25519PublicKey) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+
+
 def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    from cryptography.hazmat.primitives import serialization
+
+    return _public(key).public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def load_public_pem(data: bytes, where: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
@@ -115,8 +179,9 @@ def load_public_pem(data: bytes, where: str) -> Ed25519PublicKey:
 
 def fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     """SHA-256 of the raw 32-byte public key, hex: short enough to read out to an owner."""
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    from cryptography.hazmat.primitives import serialization
+
+    raw = _public(key).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
 
 
@@ -143,6 +208,8 @@ def sign(key: Ed25519PrivateKey, data: bytes) -> str:
 
 
 def signature_valid(public: Ed25519PublicKey, data: bytes, signature_text: str) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         signature = base64.b64decode(signature_text.strip(), validate=True)
         public.verify(signature, data)

@@ -20,14 +20,14 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from agent.export.signing import SigningKeyError, display_fingerprint, fingerprint, load_public_pem
 from agent.export.writer import MANIFEST, PUBLIC_KEY, SIGNATURE, file_digest
 from agent.ledger_chain import NestingError, loads_limited
+
+if TYPE_CHECKING:  # cryptography itself is imported where a signature is checked (agent/export/signing.py)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 EXIT_OK, EXIT_DAMAGED, EXIT_UNTRUSTED = 0, 1, 3
 MAX_MANIFEST_BYTES = 16 << 20
@@ -254,6 +254,8 @@ def verify_export(directory: str | Path, trusted_key: Ed25519PublicKey | None = 
     if public is not None:
         result.fingerprint = fingerprint(public)
         if _judge_trust(result, trusted_key, trusted) and signature is not None:
+            from cryptography.exceptions import InvalidSignature
+
             try:
                 public.verify(signature, manifest_bytes)
                 result.signature_ok = True

@@ -31,10 +31,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import can
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.decode import Decoder, SignalFilter
 from agent.export.gpx import Sample, track_points, write_gpx
@@ -42,6 +41,9 @@ from agent.export.signing import fingerprint, public_pem, sign
 from agent.incident.store import IncidentStore, write_candump
 from agent.model import DecodedFrame, SignalSpec
 from agent.timespec import iso_local
+
+if TYPE_CHECKING:  # cryptography is imported where a key is used (agent/export/signing.py)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 FORMAT = "vehicle-edge-agent export 1"
 MANIFEST = "manifest.json"
