@@ -23,7 +23,7 @@ EXTENDED_FLAG = 0x8000_0000
 # Repeated payloads are common (status messages rarely change).  Caching the
 # decode of the last few thousand distinct payloads per message is what makes
 # this stage faster than calling cantools on every frame.
-CACHE_LIMIT = 4096
+CACHE_LIMIT = 1024
 
 # Frame ids learned to be unknown are remembered, up to this many per bus, so
 # that J1939 PGN matching runs once per id, not once per frame.

@@ -209,6 +209,15 @@ def _quantiles(values: list[float]) -> dict:
 
 # --- the phases ---------------------------------------------------------------------------------------------------
 
+def vehicle_state(state: Path) -> None:
+    """Consent granted and the signing key made, as on a vehicle past its first boot: the key is made once, and
+    a service whose key exists never loads cryptography (agent/export/signing.py)."""
+    from agent.export.signing import key_file_fingerprint
+
+    grant(state, GRANTS)
+    key_file_fingerprint(state)
+
+
 def watch_agent(agent: AgentProcess, started: float, done, interval: float) -> Trace:
     trace = Trace()
     pid = agent.process.pid
@@ -225,7 +234,7 @@ def soak(work: Path, book: LogBook, broker: LocalBroker, hours: float) -> dict:
     loops = max(1, math.ceil(hours * 3600 / LOG_SECONDS))
     tmp = work / "soak"
     tmp.mkdir()
-    grant(tmp / "state", GRANTS)
+    vehicle_state(tmp / "state")
     sim = Simulator(book, speed="max", loop=loops, name="soak-sim")
     agent = AgentProcess(live_config(tmp, sim.port, broker.port, batch_age=10.0), book, name="soak")
     try:
@@ -255,7 +264,7 @@ def live(work: Path, book: LogBook, broker: LocalBroker, name: str, client: str,
     """One agent reading the paced server for ``seconds``; CPU over the steady part, drops, latency if ``watch``."""
     tmp = work / name
     tmp.mkdir()
-    grant(tmp / "state", GRANTS)
+    vehicle_state(tmp / "state")
     server = PacedServer(mode, rate, seconds)
     watcher = BatchWatch(broker.port) if watch else None
     agent = AgentProcess(live_config(tmp, server.port, broker.port, batch_age=10.0, client=client), book, name=name)

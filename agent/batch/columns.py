@@ -32,9 +32,9 @@ import math
 import sys
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from itertools import accumulate, chain
 from operator import sub
-from statistics import median_low
 
 # array type codes for unsigned widths in bytes; checked at import so a
 # platform with other C type sizes fails loudly instead of corrupting data.
@@ -157,7 +157,7 @@ def encode_ints(values: list[int], timestamps: bool = False) -> int | list:
     if values.count(first) == count and not timestamps:
         return first
     deltas = list(map(sub, values[1:], values[:-1]))
-    step = median_low(deltas) if timestamps and deltas else 0
+    step = sorted(deltas)[(len(deltas) - 1) // 2] if timestamps and deltas else 0  # the low median
     if step:
         deltas = [d - step for d in deltas]
     low = min(values)
@@ -299,7 +299,7 @@ def quantize_us(micros: int, resolution_us: int) -> int:
     return micros - micros % resolution_us
 
 
-def encode_times(timestamps: list[float], base_us: int, resolution_us: int = 1) -> tuple[object, bool]:
+def encode_times(timestamps: Sequence[float], base_us: int, resolution_us: int = 1) -> tuple[object, bool]:
     """(column, exact): integer microseconds relative to ``base_us`` when every
     timestamp survives the trip through ``us / 10**6`` bit for bit (candump, ASC
     and BLF logs do), else the float seconds themselves (exact=False).
@@ -311,6 +311,7 @@ def encode_times(timestamps: list[float], base_us: int, resolution_us: int = 1) 
     if resolution_us > 1:
         quantized = [m - m % resolution_us for m in micros]
         return encode_ints([m - base_us for m in quantized], timestamps=True), False
+    timestamps = list(timestamps)  # the batcher's are an array('d'): compared and packed as a list below
     back = [m / 1_000_000 for m in micros]  # int / int: correctly rounded, as documented
     if back == timestamps:
         relative = [m - base_us for m in micros] if base_us else micros

@@ -170,13 +170,13 @@ def _table_array(table: TableData, base_us: int, resolution_us: int) -> tuple[li
     count = len(table.rows)
     time_column, _ = encode_times(table.timestamps, base_us, resolution_us)
     columns: list = []
-    # Candidates by types and == (hashed in C), confirmed by _exact: 0.0 and -0.0 are == and of one type yet
-    # differ, so the per-value confirmation runs only for a column that looks like an earlier one.
+    # Candidates by == (hashed in C), confirmed by _exact: 1 == 1.0, and 0.0 and -0.0 are == yet differ, so
+    # the per-value confirmation runs only for a column that looks like an earlier one.
     seen: dict[tuple, list[int]] = {}
     column_values: list[tuple] = []
     for index, values in enumerate(zip(*table.rows)):
         column_values.append(values)
-        candidates = seen.setdefault((tuple(map(type, values)), values), [])
+        candidates = seen.setdefault(values, [])
         mine = _exact(values) if candidates else None
         earlier = next((j for j in candidates if _exact(column_values[j]) == mine), None)
         if earlier is not None:
