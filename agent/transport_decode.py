@@ -33,17 +33,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import can
-import udsoncan
-from udsoncan.BaseService import BaseService
-from udsoncan.ResponseCode import ResponseCode
 
 from agent.dbc import LoadedDbc
 from agent.decode import ALL_DBCS, EXTENDED_FLAG, Decoder
 from agent.diag.requests import OBD_RESPONSE_IDS, split_mode01_response
-from agent.isotp import IsoTpCounters, IsoTpReassembler
 from agent.model import DecodedFrame
+
+if TYPE_CHECKING:  # the ISO-TP stack itself is imported where it is used
+    from agent.isotp import IsoTpCounters, IsoTpReassembler
 
 NEGATIVE_RESPONSE_SID = 0x7F  # ISO 14229-1: negative response service id (udsoncan.Response checks it too)
 CLASSIC_CAN_BYTES = 8
@@ -93,6 +93,8 @@ def transport_ids(dbcs: Iterable[LoadedDbc]) -> set[int]:
 
 def service_name(sid: int) -> str | None:
     """The UDS service a response service id answers (udsoncan's class name), None when udsoncan has none."""
+    from udsoncan.BaseService import BaseService  # at use: a service may never see a diagnostic frame
+
     service = BaseService.from_response_id(sid) if sid != NEGATIVE_RESPONSE_SID else None
     return service.get_name() if service is not None else None
 
@@ -177,6 +179,8 @@ class TransportDecoder:
         entry = None
         if ids:
             requests = {req: resp for req, resp in self._request_ids.items() if resp in ids}
+            from agent.isotp import IsoTpReassembler  # at use: a bus may carry no ISO-TP
+
             entry = (ids, IsoTpReassembler(ids, requests))
             self.transport.setdefault(bus, TransportCounters())
         self._buses[bus] = entry
@@ -222,6 +226,9 @@ class TransportDecoder:
         counters.services[sid] = counters.services.get(sid, 0) + 1
         if sid == NEGATIVE_RESPONSE_SID:
             counters.negative += 1
+            import udsoncan
+            from udsoncan.ResponseCode import ResponseCode
+
             response = udsoncan.Response.from_payload(payload)
             code = response.code if response.valid else (payload[2] if len(payload) > 2 else None)
             name = ResponseCode.get_name(code) if code is not None else "truncated"

@@ -99,3 +99,15 @@ def test_an_idle_service_loads_neither_cryptography_nor_the_web_stack_until_aske
             assert _mapped(process.pid, WEB_STACK_LIB)
         finally:
             assert stop_agent(process) == 0, log.read_text()[-3000:]
+
+
+def test_the_service_modules_import_no_stack_that_only_some_vehicles_use():
+    """Diagnostics (udsoncan, can-isotp), the owner page (Flask) and signing (cryptography) are imported
+    where they are used, not by the modules the service loads at start."""
+    probe = ("import sys; sys.modules['asammdf'] = None\n"
+             "import agent.runtime, agent.cli.run, agent.flow.build, agent.flow.sidecars, agent.transport_decode\n"
+             "print(sorted({name.split('.')[0] for name in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    loaded = set(json.loads(out.stdout.strip().replace("'", '"')))
+    assert {"agent", "can", "cantools", "paho"} <= loaded  # the probe imported the service
+    assert loaded.isdisjoint({"udsoncan", "isotp", "flask", "werkzeug", "jinja2", "cryptography"}), loaded

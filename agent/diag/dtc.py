@@ -36,8 +36,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from udsoncan import Dtc
-
 UDS_READ_DTC_RESPONSE = 0x59
 REPORT_DTC_BY_STATUS_MASK = 0x02
 REPORT_SUPPORTED_DTC = 0x0A
@@ -91,6 +89,8 @@ def status_bit_names(status: int | None) -> tuple[str, ...]:
     """The names of the bits set in a UDS DTC status byte, low bit first (udsoncan decodes the byte)."""
     if status is None:
         return ()
+    from udsoncan import Dtc  # at use: a service may never see a diagnostic frame
+
     flags = Dtc.Status.from_byte(status)
     return tuple(name for name, attribute in STATUS_BITS if getattr(flags, attribute))
 

@@ -37,10 +37,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import can
-from isotp.can_message import CanMessage
-from isotp.protocol import PDU
+
+if TYPE_CHECKING:  # the ISO-TP stack itself is imported where it is used
+    from isotp.protocol import PDU
 
 OBD_FUNCTIONAL_ID = 0x7DF
 OBD_RESPONSE_IDS = tuple(range(0x7E8, 0x7F0))
@@ -322,6 +324,9 @@ class RequestScheduler:
         now = self._clock()
         self._expire(now)
         response_id = msg.arbitration_id
+        from isotp.can_message import CanMessage  # at use: a service may never see a diagnostic frame
+        from isotp.protocol import PDU
+
         try:
             pdu = PDU(CanMessage(response_id, len(msg.data), bytes(msg.data), False, msg.is_fd))
         except ValueError:
@@ -364,6 +369,8 @@ class RequestScheduler:
         counters = self.counters[pending.request.name]
         spec = pending.request.spec
         fc_id = response_id - PHYSICAL_TO_RESPONSE if spec.functional else spec.resolved_request_id
+        from isotp.protocol import PDU
+
         flow_control = PDU.craft_flow_control_data(flow_status=0, blocksize=0, stmin=0)
         if self._transmit(bus, fc_id, flow_control, counters):
             counters.flow_controls_sent += 1
