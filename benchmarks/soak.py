@@ -2,7 +2,9 @@
 
 Every phase runs the real thing: `vehicle-agent run` reading the bundled truck log's two buses (ASC channel 0:
 a J1939 bus, channel 1: a CANmod.gps module) over socketcand on loopback under granted consent, batching into
-its SQLite buffer and uploading to a local Mosquitto.
+its SQLite buffer and uploading to a local Mosquitto.  The agent runs with the shipped systemd unit's
+``Environment=`` (config/vehicle-agent.service) and a state directory past its first boot (consent granted,
+signing key made), as on a vehicle.
 
 1. Soak (ours): `vehicle-sim replay` loops the 127 s log to ``--hours`` of vehicle time (default 1 h: 29 passes,
    1.68M frames) at maximum speed.  RSS (VmRSS) sampled every 2 s; a least-squares line over the samples after
@@ -37,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import REPO_ROOT  # noqa: F401  (puts the repo on sys.path)
+from common import REPO_ROOT  # (importing common also puts the repo on sys.path)
 
 from simulator.broker import LocalBroker
 from tests.e2e_support import grant
@@ -209,6 +211,15 @@ def _quantiles(values: list[float]) -> dict:
 
 # --- the phases ---------------------------------------------------------------------------------------------------
 
+def unit_environment() -> dict[str, str]:
+    """The ``Environment=`` of the shipped systemd unit: every agent here runs as the unit would run it."""
+    import shlex
+
+    unit = REPO_ROOT / "config" / "vehicle-agent.service"
+    return dict(item.split("=", 1) for line in unit.read_text().splitlines() if line.startswith("Environment=")
+                for item in shlex.split(line.removeprefix("Environment=")))
+
+
 def vehicle_state(state: Path) -> None:
     """Consent granted and the signing key made, as on a vehicle past its first boot: the key is made once, and
     a service whose key exists never loads cryptography (agent/export/signing.py)."""
@@ -236,7 +247,8 @@ def soak(work: Path, book: LogBook, broker: LocalBroker, hours: float) -> dict:
     tmp.mkdir()
     vehicle_state(tmp / "state")
     sim = Simulator(book, speed="max", loop=loops, name="soak-sim")
-    agent = AgentProcess(live_config(tmp, sim.port, broker.port, batch_age=10.0), book, name="soak")
+    agent = AgentProcess(live_config(tmp, sim.port, broker.port, batch_age=10.0), book, name="soak",
+                         env=unit_environment())
     try:
         agent.wait_ready()
         trace = watch_agent(agent, time.monotonic(), lambda: sim.process.poll() is not None, 2.0)
@@ -267,7 +279,8 @@ def live(work: Path, book: LogBook, broker: LocalBroker, name: str, client: str,
     vehicle_state(tmp / "state")
     server = PacedServer(mode, rate, seconds)
     watcher = BatchWatch(broker.port) if watch else None
-    agent = AgentProcess(live_config(tmp, server.port, broker.port, batch_age=10.0, client=client), book, name=name)
+    agent = AgentProcess(live_config(tmp, server.port, broker.port, batch_age=10.0, client=client), book, name=name,
+                         env=unit_environment())
     try:
         agent.wait_ready()
         started = time.monotonic()

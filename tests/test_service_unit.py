@@ -204,3 +204,10 @@ def test_journal_lines_carry_their_priority_on_every_line(tmp_path):
         assert not stderr_is_journal(stream, {})
         assert not stderr_is_journal(stream, {"JOURNAL_STREAM": "garbage"})
     assert not stderr_is_journal(io.StringIO(), {"JOURNAL_STREAM": "1:1"})
+
+
+def test_one_malloc_arena_keeps_the_service_memory_flat(unit):
+    """benchmarks/soak.py runs the agent with this environment: the unit is what the RSS figures are of."""
+    environment = dict(item.split("=", 1) for line in unit["Service"]["Environment"] for item in shlex.split(line))
+    assert environment["MALLOC_ARENA_MAX"] == "1"
+    assert environment["PYTHONUNBUFFERED"] == "1"
