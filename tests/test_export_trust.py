@@ -340,7 +340,7 @@ def test_the_remembered_fingerprint_follows_the_key_file(tmp_path, monkeypatch):
     first = key_file_fingerprint(state)
     assert first == fingerprint(load_or_create_key(state))
     memo = state / FINGERPRINT_FILE
-    assert json.loads(memo.read_text())["fingerprint"] == first
+    assert json.loads(memo.read_text())["fingerprint"] == first and memo.stat().st_mode & 0o777 == 0o600
     computed: list[bytes] = []
     real = signing._private_key_from
     monkeypatch.setattr(signing, "_private_key_from", lambda data, path: computed.append(data) or real(data, path))

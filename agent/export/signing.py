@@ -92,7 +92,9 @@ def key_file_fingerprint(state_dir: str | Path, create: bool = True) -> str | No
     value = fingerprint(_private_key_from(data, path))
     temporary = memo.with_name(f".{memo.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
     try:
-        temporary.write_text(json.dumps({"key_file_sha256": digest, "fingerprint": value}), encoding="utf-8")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(json.dumps({"key_file_sha256": digest, "fingerprint": value}))
         os.replace(temporary, memo)
     except OSError as exc:  # a read-only state directory: computed again next time, nothing else lost
         log.debug("cannot remember the signing key's fingerprint in %s: %s", memo, exc)
