@@ -438,3 +438,36 @@ def test_the_owners_own_limits_win_over_the_configured_ones_in_every_process(tmp
         agent_side.forget()  # "forget me" forgets the choice too
     with OwnerArchive(path, retention_days=30, max_bytes=50_000_000, clock=lambda: NOW) as again:
         assert (again.retention_days, again.max_bytes) == (30, 50_000_000) and not again.owner_chose_limits
+
+
+def _kept_by_the_rule(frames: list[DecodedFrame], specs, rate_hz: float) -> list[tuple[float, str]]:
+    """Every (time, key) the archive's rule keeps: a signal when ``rate_hz``'s period passed since it was last
+    kept, each signal on its own (the reference the recorder's per-message shortcut must agree with)."""
+    period, nxt, kept = 1.0 / rate_hz, {}, []
+    for frame in frames:
+        for name in frame.raw:
+            key = f"{frame.message}.{name}"
+            if key in specs and frame.timestamp >= nxt.get(key, -math.inf):
+                nxt[key] = frame.timestamp + period
+                kept.append((frame.timestamp, key))
+    return kept
+
+
+def test_the_recorder_keeps_exactly_what_the_per_signal_rule_keeps(truck, archive):
+    """Frames of a message that carry different signals (as a multiplexed message's do), interleaved at
+    100 Hz, and a clock step back: the recorder skips a message's frames only while none of its signals is due."""
+    decoder, frames = truck
+    imu = [f for f in frames if f.message == "gnss_imu"][:3000]
+    names = sorted(imu[0].raw)
+    mixed = []
+    for i, frame in enumerate(imu):  # odd frames carry the first half of the signals, even ones the rest
+        half = names[: len(names) // 2] if i % 2 else names[len(names) // 2:]
+        mixed.append(DecodedFrame(frame.timestamp, frame.bus, frame.frame_id, frame.message,
+                                  {n: frame.raw[n] for n in half}))
+    back = [DecodedFrame(f.timestamp - 7.5, f.bus, f.frame_id, f.message, f.raw) for f in imu[1000:1500]]
+    stream = mixed[:2000] + back + mixed[2000:]
+    record(archive, decoder.specs, stream, rate_hz=2.0)
+    (trip,) = archive.trips()
+    got = sorted((t, key) for t, key, _ in archive.samples(trip.id))
+    expected = sorted(_kept_by_the_rule(stream, decoder.specs, 2.0))
+    assert len(expected) > 100 and got == expected
