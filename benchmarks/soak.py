@@ -39,12 +39,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import REPO_ROOT  # (importing common also puts the repo on sys.path)
+from common import REPO_ROOT  # noqa: F401  (puts the repo on sys.path)
 
 from simulator.broker import LocalBroker
 from tests.e2e_support import grant
+from tests.helpers.systemd_unit import UNIT, directives, unit_environment
 from tests.reliability.rig import BUNDLED_LOG, GRANTS, AgentProcess, LogBook, Simulator, live_config
 
+# Every agent here runs with the shipped unit's Environment= (as systemd would start it).
+UNIT_ENVIRONMENT = unit_environment(directives(UNIT.read_text()))
 LOG_SECONDS = 127.19  # one pass of the bundled log
 RSS_TARGET_MB = 60.0
 CPU_TARGET_PERCENT = 15.0
@@ -211,15 +214,6 @@ def _quantiles(values: list[float]) -> dict:
 
 # --- the phases ---------------------------------------------------------------------------------------------------
 
-def unit_environment() -> dict[str, str]:
-    """The ``Environment=`` of the shipped systemd unit: every agent here runs as the unit would run it."""
-    import shlex
-
-    unit = REPO_ROOT / "config" / "vehicle-agent.service"
-    return dict(item.split("=", 1) for line in unit.read_text().splitlines() if line.startswith("Environment=")
-                for item in shlex.split(line.removeprefix("Environment=")))
-
-
 def vehicle_state(state: Path) -> None:
     """Consent granted and the signing key made, as on a vehicle past its first boot: the key is made once, and
     a service whose key exists never loads cryptography (agent/export/signing.py)."""
@@ -248,7 +242,7 @@ def soak(work: Path, book: LogBook, broker: LocalBroker, hours: float) -> dict:
     vehicle_state(tmp / "state")
     sim = Simulator(book, speed="max", loop=loops, name="soak-sim")
     agent = AgentProcess(live_config(tmp, sim.port, broker.port, batch_age=10.0), book, name="soak",
-                         env=unit_environment())
+                         env=UNIT_ENVIRONMENT)
     try:
         agent.wait_ready()
         trace = watch_agent(agent, time.monotonic(), lambda: sim.process.poll() is not None, 2.0)
@@ -280,7 +274,7 @@ def live(work: Path, book: LogBook, broker: LocalBroker, name: str, client: str,
     server = PacedServer(mode, rate, seconds)
     watcher = BatchWatch(broker.port) if watch else None
     agent = AgentProcess(live_config(tmp, server.port, broker.port, batch_age=10.0, client=client), book, name=name,
-                         env=unit_environment())
+                         env=UNIT_ENVIRONMENT)
     try:
         agent.wait_ready()
         started = time.monotonic()

@@ -9,27 +9,11 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parents[1] / "config" / "vehicle-agent.service"
+from tests.helpers.systemd_unit import UNIT, directives, unit_environment
+
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd = pytest.mark.skipif(SYSTEMD_ANALYZE is None,
                                    reason="systemd-analyze not installed (Debian: apt-get install systemd)")
-
-
-def directives(text: str) -> dict[str, dict[str, list[str]]]:
-    """section -> key -> every value in order (systemd keys may repeat; an empty value resets the list)."""
-    sections: dict[str, dict[str, list[str]]] = {}
-    current = None
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        key, equals, value = line.partition("=")
-        assert equals and current is not None, f"{UNIT}:{number}: not KEY=VALUE inside a section: {raw!r}"
-        current.setdefault(key.strip(), []).append(value.strip())
-    return sections
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +192,6 @@ def test_journal_lines_carry_their_priority_on_every_line(tmp_path):
 
 def test_one_malloc_arena_keeps_the_service_memory_flat(unit):
     """benchmarks/soak.py runs the agent with this environment: the unit is what the RSS figures are of."""
-    environment = dict(item.split("=", 1) for line in unit["Service"]["Environment"] for item in shlex.split(line))
+    environment = unit_environment(unit)
     assert environment["MALLOC_ARENA_MAX"] == "1"
     assert environment["PYTHONUNBUFFERED"] == "1"

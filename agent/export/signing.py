@@ -30,7 +30,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.privacy.durable import ensure_private_dir
+from agent.privacy.durable import ensure_private_dir, write_replace
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -90,16 +90,10 @@ def key_file_fingerprint(state_dir: str | Path, create: bool = True) -> str | No
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing, stale or damaged: computed again below
     value = fingerprint(_private_key_from(data, path))
-    temporary = memo.with_name(f".{memo.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(json.dumps({"key_file_sha256": digest, "fingerprint": value}))
-        os.replace(temporary, memo)
+        write_replace(memo, json.dumps({"key_file_sha256": digest, "fingerprint": value}).encode())
     except OSError as exc:  # a read-only state directory: computed again next time, nothing else lost
         log.debug("cannot remember the signing key's fingerprint in %s: %s", memo, exc)
-        with contextlib.suppress(OSError):
-            temporary.unlink()
     return value
 
 

@@ -218,8 +218,7 @@ class ArchiveRecorder:
                     if value == value:  # NaN from an IEEE-float signal: nothing to keep
                         rows.append((t, key, float(value)))
             if kept:
-                self._quiet[message] = min((nxt.get(entry[0], -math.inf) for entry in signals.values()),
-                                           default=math.inf)
+                self._quiet[message] = min(nxt.get(entry[0], -math.inf) for entry in signals.values())
         if plan[1]:
             self._roles(state, t, frame.raw, signals, plan[1])
         if t > state.trip.end:
