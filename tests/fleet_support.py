@@ -36,6 +36,10 @@ class Receivers:
                 raise RuntimeError((self.work / f"{client_id}.log").read_text()[-2000:])
             time.sleep(0.05)
 
+    def pause(self, client_id: str) -> None:
+        """SIGSTOP: the receiver stays connected and subscribed but acknowledges nothing it is given."""
+        self.processes[client_id].send_signal(signal.SIGSTOP)
+
     def kill(self, client_id: str) -> None:
         self.processes[client_id].send_signal(signal.SIGKILL)
         self.processes[client_id].wait(10)
