@@ -18,7 +18,7 @@ data path on the same core with ``build_data_path``.  The flow it joins::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,10 +44,12 @@ from agent.flow.sidecars import Sidecars
 from agent.flow.writer import StoreWriter
 from agent.incident.config import incident_config
 from agent.integrity.checker import TransportChecker
+from agent.ledger import Ledger
+from agent.model import SignalSpec
 from agent.owner.archive import OwnerArchive
 from agent.owner.recorder import ArchiveRecorder, trip_signal
 from agent.ownerpage.config import archive_path, owner_page_config
-from agent.privacy import PrivacyFilter
+from agent.privacy import ConsentPolicy, PrivacyFilter, Pseudonymizer
 from agent.privacy.purge import consent_change_handler, purge_ungranted
 from agent.uplink.config import uplink_config
 from agent.uplink.mqtt import Uplink
@@ -119,14 +121,13 @@ def build_core(config: AgentConfig | None, options: BuildOptions) -> Core:
                             live=options.live)
     store = open_store(config, options.buffer)
     vehicle_id = vehicle_identity(config, consent.pseudonymizer)
-    gate = ConsentGate(consent.policy, consent.ledger, store)
-    writer = StoreWriter(store, gate, options.boot_id or current_boot_id())
+    gate, writer = store_entry(store, consent.policy, consent.ledger, options.boot_id or current_boot_id())
     uplink = None
     settings = uplink_config(config) if options.uplink and config is not None else None
     if settings is not None:
         uplink = Uplink(settings, store, vehicle_id, on_command=options.on_command, health=options.health,
                         gate=gate)
-        writer.listeners.append(lambda _id, _batch: uplink.notify())
+        wake_on_write(writer, uplink)
     # Once per process, not per data path: a reload must not add a second purge handler.
     policy = consent.policy
     if not policy.bench:
@@ -154,13 +155,8 @@ def build_data_path(config: AgentConfig | None, core: Core, options: BuildOption
     if options.time_resolution_us:
         batching.time_resolution_us = options.time_resolution_us
     policy, writer = core.consent.policy, core.writer
-    batcher = Batcher(decoder.specs, writer.write, core.vehicle_id, numbering=writer.numbers,
-                      max_age_s=batching.max_age_s, max_bytes=batching.max_bytes, consent_version=policy.version,
-                      bench=policy.bench, time_resolution_us=batching.time_resolution_us)
-    # Each batch carries exactly one consent version: a new version closes what is open first.
-    privacy = PrivacyFilter(policy, decoder.specs, batcher, core.consent.pseudonymizer,
-                            on_version_change=lambda _changes: batcher.consent_changed(privacy.consent_version))
-    collector = Collector(plan, decoder.specs, privacy)
+    collector, privacy, batcher = collect_to_store(plan, decoder.specs, policy, core.consent.pseudonymizer, writer,
+                                                   core.vehicle_id, batching)
     pipeline = Pipeline(decoder, collector, privacy, batcher, writer, plan.clock_reset_s)
     sidecars = Sidecars(pipeline, writer, policy, core.vehicle_id)
     sidecars.attach_diagnostics(decoder)  # DTC answers on diagnostic ids, whoever asked for them
@@ -179,4 +175,30 @@ def build_data_path(config: AgentConfig | None, core: Core, options: BuildOption
     return DataPath(config, plan, decoder, privacy, batcher, collector, pipeline, sidecars, integrity)
 
 
-__all__ = ["BuildOptions", "Core", "DataPath", "Stages", "build", "build_core", "build_data_path"]
+def store_entry(store: BatchStore, policy: ConsentPolicy, ledger: Ledger | None,
+                boot_id: str) -> tuple[ConsentGate, StoreWriter]:
+    """The one way into ``store``: the writer, admitting each batch through the consent gate."""
+    gate = ConsentGate(policy, ledger, store)
+    return gate, StoreWriter(store, gate, boot_id)
+
+
+def wake_on_write(writer: StoreWriter, uplink: Uplink) -> None:
+    """The uplink looks at the store as soon as a batch is in it, not at its next poll."""
+    writer.listeners.append(lambda _id, _batch: uplink.notify())
+
+
+def collect_to_store(plan: CollectionPlan, specs: Mapping[str, SignalSpec], policy: ConsentPolicy,
+                     pseudonymizer: Pseudonymizer | None, writer: StoreWriter, vehicle_id: str,
+                     batching: BatchingOptions) -> tuple[Collector, PrivacyFilter, Batcher]:
+    """collect -> privacy -> batch -> ``writer``, joined so that each batch carries exactly one consent
+    version: a new version closes what is open first."""
+    batcher = Batcher(specs, writer.write, vehicle_id, numbering=writer.numbers, max_age_s=batching.max_age_s,
+                      max_bytes=batching.max_bytes, consent_version=policy.version, bench=policy.bench,
+                      time_resolution_us=batching.time_resolution_us)
+    privacy = PrivacyFilter(policy, specs, batcher, pseudonymizer,
+                            on_version_change=lambda _changes: batcher.consent_changed(privacy.consent_version))
+    return Collector(plan, specs, privacy), privacy, batcher
+
+
+__all__ = ["BuildOptions", "Core", "DataPath", "Stages", "build", "build_core", "build_data_path", "collect_to_store",
+           "store_entry", "wake_on_write"]

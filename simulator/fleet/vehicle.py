@@ -7,16 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import shipped
-from agent.batch import Batcher
 from agent.buffer.store import BatchStore
 from agent.catalog import load_catalogs
-from agent.collect import CollectionPlan, Collector
+from agent.collect import CollectionPlan
 from agent.dbc import load_dbc
 from agent.decode import Decoder
-from agent.flow.gate import ConsentGate
-from agent.flow.writer import StoreWriter
+from agent.flow.build import collect_to_store, store_entry, wake_on_write
+from agent.flow.pipeline import BatchingOptions
 from agent.model import DecodedFrame
-from agent.privacy import ConsentPolicy, PrivacyFilter, Pseudonymizer
+from agent.privacy import ConsentPolicy, Pseudonymizer
 from agent.sources.log import LogSource
 from agent.uplink.config import AllowedBroker, BrokerAddress, UplinkConfig
 from agent.uplink.mqtt import Uplink
@@ -76,22 +75,19 @@ class SimVehicle:
             self.policy.grant(category, "90d", level=plan.location_level if category == "location" else None,
                               purpose="fleet simulation")
         self.store = BatchStore(directory / f"{plan.vehicle_id}.sqlite", synchronous=options.synchronous)
-        gate = ConsentGate(self.policy, None, self.store)
-        self.writer = StoreWriter(self.store, gate, plan.boot_id)
-        self.batcher = Batcher(specs, self.writer.write, plan.vehicle_id, numbering=self.writer.numbers,
-                               max_age_s=options.batch_age_s, max_bytes=options.max_bytes,
-                               consent_version=self.policy.version)
-        privacy = PrivacyFilter(self.policy, specs, self.batcher, Pseudonymizer(plan.key),
-                                on_version_change=lambda _c: self.batcher.consent_changed(privacy.consent_version))
-        self.privacy = privacy
-        self.collector = Collector(CollectionPlan(campaigns=()), specs, privacy)
+        gate, self.writer = store_entry(self.store, self.policy, None, plan.boot_id)
+        # The agent's own joints (agent.flow.build), with the agent's default batch timestamps' resolution.
+        batching = BatchingOptions(max_age_s=options.batch_age_s, max_bytes=options.max_bytes)
+        self.collector, self.privacy, self.batcher = collect_to_store(
+            CollectionPlan(campaigns=()), specs, self.policy, Pseudonymizer(plan.key), self.writer, plan.vehicle_id,
+            batching)
         broker = BrokerAddress(options.broker_host, options.broker_port)
         config = UplinkConfig(region=REGION, broker=broker,
                               allowed_brokers=[AllowedBroker(broker.host, broker.port, region=REGION)],
                               allow_plaintext_loopback=True, in_flight=options.in_flight, backoff_min=0.2,
                               backoff_max=2.0, rejected_retry=5.0, topic_prefix=options.topic_prefix)
         self.uplink = Uplink(config, self.store, plan.vehicle_id, gate=gate)
-        self.writer.listeners.append(lambda _id, _batch: self.uplink.notify())
+        wake_on_write(self.writer, self.uplink)
         self.categories: set[str] = set()
         self.writer.listeners.append(lambda _id, batch: self.categories.update(batch.header["categories"]))
         self.frames_fed = 0
