@@ -275,7 +275,7 @@ class _Path:
 
 def _canonical(payloads: list[bytes]) -> list:
     """Payloads without ``created`` (incident batches are stamped with the wall clock when written)."""
-    from agent.batch.format import decode_batch
+    from agent.batch.reading import decode_batch
 
     out = []
     for payload in payloads:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import msgpack  # noqa: E402
 
 from agent.batch import Batcher, EncodedBatch  # noqa: E402
-from agent.batch.format import decode_envelope  # noqa: E402
+from agent.batch.reading import decode_envelope  # noqa: E402
 from agent.buffer import BatchStore  # noqa: E402
 from agent.uplink import Uplink  # noqa: E402
 from agent.uplink.config import AllowedBroker, BrokerAddress, UplinkConfig  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.batch.format import decode_batch
+from agent.batch.reading import decode_batch
 from agent.cli.common import bus_map_from_config
 from agent.config import load_config
 from agent.flow.build import BuildOptions, build

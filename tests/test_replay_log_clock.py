@@ -14,7 +14,7 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.batch.format import decode_batch, iter_samples
+from agent.batch.reading import decode_batch, iter_samples
 from agent.buffer import BatchStore
 from agent.cli.main import main
 from agent.flow.pipeline import Pipeline

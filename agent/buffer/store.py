@@ -29,7 +29,8 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent.batch.format import BatchError, EncodedBatch, decode_envelope
+from agent.batch.format import BatchError, EncodedBatch
+from agent.batch.reading import decode_envelope
 from agent.buffer.epoch import open_store_db
 from agent.buffer.schema import QUARANTINE_KEEP, SYNCHRONOUS_MODES, StoredBatch, StoreError
 

@@ -19,7 +19,8 @@ from typing import TextIO
 
 import msgpack
 
-from agent.batch.format import BatchError, decode_batch, dictionary_id, iter_samples
+from agent.batch.format import BatchError, dictionary_id
+from agent.batch.reading import decode_batch, iter_samples
 from agent.buffer.store import BatchStore
 from agent.cli.framework import add_command
 

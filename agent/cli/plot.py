@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from agent.batch.format import BatchError, decode_batch, iter_samples
+from agent.batch.format import BatchError
+from agent.batch.reading import decode_batch, iter_samples
 from agent.buffer.store import BatchStore
 from agent.cli.common import add_dbc_arguments, decoder_from_args, glob_filter, log_source_from_args
 from agent.cli.framework import add_command

@@ -30,7 +30,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.batch.format import BatchError, DecodedBatch, decode_batch, decode_envelope, iter_samples
+from agent.batch.format import BatchError
+from agent.batch.reading import DecodedBatch, decode_batch, decode_envelope, iter_samples
 from agent.model import UNCLASSIFIED
 from agent.uplink.properties import PAYLOAD_SHA256, PROPERTY_FIELDS, property_text
 from simulator.receiver.store import BatchRow, SampleRow

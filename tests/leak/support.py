@@ -29,7 +29,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.batch.format import BatchError, decode_envelope
+from agent.batch.format import BatchError
+from agent.batch.reading import decode_envelope
 from agent.ledger import Ledger, LedgerEntry
 from agent.uplink.topics import data_filter
 from tests.e2e_support import run_agent

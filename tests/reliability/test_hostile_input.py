@@ -27,15 +27,8 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.batch.format import (
-    SCHEMA_VERSION,
-    BatchError,
-    TableData,
-    decode_batch,
-    decode_envelope,
-    encode_batch,
-    iter_samples,
-)
+from agent.batch.format import SCHEMA_VERSION, BatchError, TableData, encode_batch
+from agent.batch.reading import decode_batch, decode_envelope, iter_samples
 from agent.camera.config import camera_config
 from agent.camera.events import CameraEventError, parse_event
 from agent.collect import Condition, ExprError, SignalIndex, compile_expression, parse
