@@ -37,7 +37,8 @@ from agent.privacy.config import consent_config
 from agent.privacy.remote import RemoteCommands
 from agent.service.resources import read_resources
 from agent.service.sdnotify import Notifier, ProgressWatchdog
-from agent.sources.live import LiveSource, bus_kwargs_from_config
+from agent.sources.bus_open import bus_kwargs_from_config
+from agent.sources.live import LiveSource
 from agent.transport_decode import transport_snapshot
 from agent.uplink.config import uplink_config
 

@@ -305,7 +305,8 @@ def transport_only(kind: str, port: int, seconds: float) -> None:
 
     import can
 
-    from agent.sources.live import LiveSource, bus_kwargs_from_url
+    from agent.sources.bus_open import bus_kwargs_from_url
+    from agent.sources.live import LiveSource
 
     logging.getLogger("can.interfaces.socketcand").setLevel(logging.ERROR)  # as the agent does
     counted = [0]

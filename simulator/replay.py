@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import can
 
 from agent.cli.progress import progress as bar
-from agent.sources.live import open_bus
+from agent.sources.bus_open import open_bus
 from agent.sources.log import LogSource
 from simulator.faults import FaultInjector, FaultReport, FaultSpec, TransportFaults
 from simulator.socketcand_server import SocketcandServer, UnsupportedFrameError, loopback_host

@@ -23,7 +23,8 @@ from agent.cli.common import bus_map_from_config
 from agent.config import load_config
 from agent.flow.build import BuildOptions, build
 from agent.sources.blocks import BLOCK_FRAMES, BlockQueue
-from agent.sources.live import RECV_TIMEOUT_S, LiveSource, bus_kwargs_from_url, open_bus
+from agent.sources.bus_open import bus_kwargs_from_url, open_bus
+from agent.sources.live import RECV_TIMEOUT_S, LiveSource
 from agent.sources.log import LogSource
 from tests.e2e_support import grant
 from tests.helpers.agent_config import write_agent_config

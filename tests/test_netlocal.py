@@ -14,7 +14,7 @@ import pytest
 
 from agent.config import BusConfig, ConfigError, parse_config
 from agent.netlocal import bus_problem, is_loopback, local_bus_problem
-from agent.sources.live import BusUrlError, bus_kwargs_from_config, open_bus
+from agent.sources.bus_open import BusUrlError, bus_kwargs_from_config, open_bus
 
 REFUSED = [
     # (kwargs, field named, words in the message)

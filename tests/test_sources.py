@@ -13,15 +13,8 @@ import pytest
 
 from agent.config import ConfigError, parse_config
 from agent.service.exitcodes import exit_code_for
-from agent.sources.live import (
-    Backoff,
-    BusUnavailable,
-    BusUrlError,
-    LiveSource,
-    bus_kwargs_from_config,
-    bus_kwargs_from_url,
-    open_bus,
-)
+from agent.sources.bus_open import BusUnavailable, BusUrlError, bus_kwargs_from_config, bus_kwargs_from_url, open_bus
+from agent.sources.live import Backoff, LiveSource
 from agent.sources.log import LogError, LogSource
 from simulator.broker import free_loopback_port
 from simulator.socketcand_server import SocketcandServer

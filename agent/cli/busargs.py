@@ -5,7 +5,7 @@ interface), ``-b/--bitrate``, ``--data-bitrate``, ``--fd`` and
 ``--bus-kwargs key=value ...`` (as ``python -m can.logger``), plus the shorter
 ``--bus [NAME=]URL`` (virtual://NAME, socketcand://HOST:PORT/CHANNEL,
 socketcan://CHANNEL).  Whatever the spelling, the result is python-can
-``Bus(**kwargs)`` arguments, opened by ``agent.sources.live.open_bus`` (which
+``Bus(**kwargs)`` arguments, opened by ``agent.sources.bus_open.open_bus`` (which
 checks that CAN stays local before python-can opens anything).
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agent.sources.live import BusUrlError, bus_kwargs_from_url
+from agent.sources.bus_open import BusUrlError, bus_kwargs_from_url
 
 BUS_URL_HELP = ("bus URL (virtual://NAME, socketcand://HOST:PORT/CHANNEL, socketcan://CHANNEL); "
                 "repeat for several buses; NAME defaults to the channel")

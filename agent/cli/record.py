@@ -18,7 +18,8 @@ import can
 
 from agent.cli.busargs import add_live_bus_arguments, live_bus_specs
 from agent.cli.framework import add_command
-from agent.sources.live import LiveSource, open_bus
+from agent.sources.bus_open import open_bus
+from agent.sources.live import LiveSource
 from agent.timespec import duration_type
 
 

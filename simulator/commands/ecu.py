@@ -7,7 +7,7 @@ import sys
 import time
 
 from agent.cli.framework import add_command
-from agent.sources.live import bus_kwargs_from_url, open_bus
+from agent.sources.bus_open import bus_kwargs_from_url, open_bus
 from agent.timespec import duration_type
 from simulator.ecu import ScriptedEcu, load_script
 
