@@ -39,7 +39,7 @@ import can
 
 from agent.dbc import LoadedDbc
 from agent.decode import ALL_DBCS, EXTENDED_FLAG, Decoder
-from agent.diag.requests import OBD_RESPONSE_IDS, split_mode01_response
+from agent.diag.request_spec import OBD_RESPONSE_IDS, split_mode01_response
 from agent.model import DecodedFrame
 
 if TYPE_CHECKING:  # the ISO-TP stack itself is imported where it is used

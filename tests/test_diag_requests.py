@@ -13,14 +13,8 @@ import cantools
 import pytest
 
 from agent.diag.dtc import DtcTracker, parse_dtc_response
-from agent.diag.requests import (
-    NotWritableError,
-    RequestScheduler,
-    RequestSpec,
-    build_scheduler,
-    spec_from_config,
-    split_mode01_response,
-)
+from agent.diag.request_spec import NotWritableError, RequestSpec, spec_from_config, split_mode01_response
+from agent.diag.requests import RequestScheduler, build_scheduler
 from agent.isotp import IsoTpReassembler
 from simulator.cli import main as sim_main
 from simulator.ecu import EcuScript, Ramp, ScriptedDtc, ScriptedEcu, UdsDtc, respond, script_from_mapping

@@ -14,7 +14,7 @@ import pytest
 from agent.catalog import load_catalog
 from agent.dbc import load_dbc
 from agent.decode import Decoder
-from agent.diag.requests import MODE01_DATA_BYTES, split_mode01_response
+from agent.diag.request_spec import MODE01_DATA_BYTES, split_mode01_response
 from agent.transport_decode import wrap_for_transport
 
 pytestmark = pytest.mark.diag

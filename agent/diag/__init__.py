@@ -9,7 +9,8 @@ The answers' values (mode 01 PIDs) are decoded by the ordinary DBC path with ``d
 """
 
 from agent.diag.dtc import DtcChange, DtcParseError, DtcReading, DtcRecord, DtcTracker, parse_dtc_response
-from agent.diag.requests import NotWritableError, RequestScheduler, RequestSpec, spec_from_config
+from agent.diag.request_spec import NotWritableError, RequestSpec, spec_from_config
+from agent.diag.requests import RequestScheduler
 
 __all__ = ["DtcChange", "DtcParseError", "DtcReading", "DtcRecord", "DtcTracker", "NotWritableError",
            "RequestScheduler", "RequestSpec", "parse_dtc_response", "spec_from_config"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import schema
-from agent.diag.requests import NotWritableError, RequestSpec, spec_from_config, writable_problem
+from agent.diag.request_spec import NotWritableError, RequestSpec, spec_from_config, writable_problem
 from agent.yamlsrc import Located
 
 SECTION = ("diagnostics",)
