@@ -5,7 +5,8 @@ measured in the same run.
     (so no sender's cost is in the figures).  CPU (all threads) per frame of: the bus read alone on one
     thread (the floor), the old path (a reader thread putting each frame on a ``queue.Queue``, the pipeline
     thread getting them one at a time: the agent before issue 16) and ``LiveSource`` (blocks).  Twice:
-    a backlog (every frame ready: blocks fill to 256) and paced at 10k frames/s (blocks close at 5 ms).
+    a backlog (every frame ready: blocks fill to 256) and paced at 10k frames/s (blocks close at 5 ms:
+    the fake bus is read a frame at a time, like SocketCAN).
 (p) The agent's own path, decode -> collect -> consent -> batch -> store, on the bundled truck log (two
     passes, the second shifted in time, frames in memory) grouped as the readers hand them over at 10k
     frames/s (5 ms: one block per bus per 50 frames), under the soak's configuration (every signal into
@@ -80,7 +81,7 @@ def _scheduled_bus(frames, rate: float | None):
 def _read_alone(frames, rate, pattern: str) -> float:
     """CPU s of reading every frame on one thread, no hand-over: ``recv(0.1)`` per frame as the old reader
     did (``before``), or as the reader now does (``now``: agent.sources.blocks.block_reader)."""
-    from agent.sources.blocks import BLOCK_FRAMES, block_reader
+    from agent.sources.blocks import block_reader
 
     bus = _scheduled_bus(frames, rate)
     started = time.process_time()
@@ -90,10 +91,10 @@ def _read_alone(frames, rate, pattern: str) -> float:
             if bus.recv(0.1) is not None:
                 received += 1
     else:
-        fill, block = block_reader(bus), []
+        (fill, limits), block = block_reader(bus), []
         while received + len(block) < len(frames):
             fill(block, 0.1)
-            if len(block) >= BLOCK_FRAMES:
+            if len(block) >= limits.frames:
                 received += len(block)
                 block = []
     cpu = time.process_time() - started

@@ -1,6 +1,7 @@
 """Frames from the bus reader threads to the pipeline in blocks, and ``Pipeline.feed_block``.
 
-A block goes when it holds BLOCK_FRAMES frames or BLOCK_AGE_S after its first frame; the queue is bounded
+A block goes when it holds its bus's BlockLimits.frames frames or BlockLimits.age_s after its first frame (256
+and 5 ms for a bus read a frame at a time, 1024 and 40 ms for one read a block at a time); the queue is bounded
 in frames and what does not fit is dropped and counted; a bus with ``recv_block`` is read a block at a time,
 any other with one blocking ``recv`` and then ``recv(0)`` while frames come.  ``feed_block`` gives exactly
 what ``feed`` gives for the same frames: decoded frames, rows, stored batches (byte for byte) and counters.
@@ -22,7 +23,7 @@ from agent.batch.reading import decode_batch
 from agent.cli.common import bus_map_from_config
 from agent.config import load_config
 from agent.flow.build import BuildOptions, build
-from agent.sources.blocks import BLOCK_FRAMES, BlockQueue
+from agent.sources.blocks import BLOCK_BUS_LIMITS, FRAME_BUS_LIMITS, BlockQueue, block_reader
 from agent.sources.bus_open import bus_kwargs_from_url, open_bus
 from agent.sources.live import RECV_TIMEOUT_S, LiveSource
 from agent.sources.log import LogSource
@@ -123,13 +124,13 @@ def test_a_bus_without_recv_block_gets_one_blocking_recv_then_recv_0_while_frame
     bus = _ListBus(_frames(600))
     blocks = _blocks_from(bus, 600)
     assert [len(msgs) for _, msgs in blocks] == [256, 256, 88]
-    burst = [RECV_TIMEOUT_S] + [0] * (BLOCK_FRAMES - 1)
+    burst = [RECV_TIMEOUT_S] + [0] * (FRAME_BUS_LIMITS.frames - 1)
     # Two full blocks, then a third of 87 frames whose recv(0) loop ends on the first empty read ...
     assert bus.timeouts[:601] == burst + burst + [RECV_TIMEOUT_S] + [0] * 88
     # ... after which the reader lets the block age and takes what gathered meanwhile without waiting.
     assert bus.timeouts[601] == 0
     zero_runs = [len(list(run)) for zero, run in itertools.groupby(bus.timeouts, key=lambda t: t == 0) if zero]
-    assert max(zero_runs) == BLOCK_FRAMES - 1  # the non-blocking loop is bounded by the block's room
+    assert max(zero_runs) == FRAME_BUS_LIMITS.frames - 1  # the non-blocking loop is bounded by the block's room
 
 
 class _TrickleBus(_ListBus):
@@ -178,10 +179,44 @@ def test_a_bus_with_recv_block_is_read_a_block_at_a_time():
         source.close()
     # Each block: one read that waits for its first frames, then (once it aged) one that takes what gathered.
     assert [len(msgs) for _, msgs in blocks] == [200] * 5
-    assert bus.asked[:10] == [(RECV_TIMEOUT_S, 256), (0.0, 156)] * 5
+    room = BLOCK_BUS_LIMITS.frames
+    assert bus.asked[:10] == [(RECV_TIMEOUT_S, room), (0.0, room - 100)] * 5
     assert bus.timeouts == [] and list(source.errors) == []  # never read frame by frame
     msgs = [m for _, block in blocks for m in block]
     assert _numbers(msgs) == list(range(1000)) and {m.channel for m in msgs} == {"pt"}
+
+
+class _TrickleBlockBus(_BlockBus):
+    """``recv_block`` over frames that arrive ``gap`` s apart (a lean socketcand client on a steady bus)."""
+
+    def __init__(self, frames: list[can.Message], gap: float) -> None:
+        super().__init__(frames, chunk=len(frames))
+        self.total, self.gap, self.start = len(frames), gap, time.monotonic()
+
+    def recv_block(self, timeout: float, max_frames: int) -> list[can.Message]:
+        self.asked.append((timeout, max_frames))
+        deadline = time.monotonic() + (timeout or 0)
+        while True:
+            arrived = min(self.total, int((time.monotonic() - self.start) / self.gap) + 1)
+            ready = arrived - (self.total - len(self.pending))
+            if ready > 0 or time.monotonic() >= deadline:
+                return [self.pending.popleft() for _ in range(min(max(ready, 0), max_frames))]
+            time.sleep(self.gap / 2)
+
+
+def test_each_kind_of_bus_gathers_for_as_long_as_its_socket_can_hold_the_frames():
+    # A frame-at-a-time bus (SocketCAN: a kernel buffer of a few hundred frames) hands over at 5 ms; a bus
+    # read a block at a time (TCP text: thousands of frames buffered) gathers 40 ms, fewer wake-ups.
+    assert block_reader(_ListBus([]))[1] == FRAME_BUS_LIMITS
+    assert block_reader(_BlockBus([], chunk=1))[1] == BLOCK_BUS_LIMITS
+    assert (FRAME_BUS_LIMITS.frames, FRAME_BUS_LIMITS.age_s) == (256, 0.005)
+    assert (BLOCK_BUS_LIMITS.frames, BLOCK_BUS_LIMITS.age_s) == (1024, 0.04)
+    bus = _TrickleBlockBus(_frames(200), gap=0.001)  # 200 frames at 1,000 frames/s: 0.2 s
+    blocks = _blocks_from(bus, 200)
+    assert _numbers([m for _, block in blocks for m in block]) == list(range(200))
+    # By age, not by count: about 40 frames a block (5 at the frame-at-a-time bound), never a full one.
+    assert 3 <= len(blocks) <= 8, [len(msgs) for _, msgs in blocks]
+    assert max(len(msgs) for _, msgs in blocks) >= 25
 
 
 def test_a_slow_trickle_arrives_within_the_time_bound_not_after_a_full_block():

@@ -1,8 +1,8 @@
 """Hand-over of frames from the bus reader threads to the pipeline thread, a block at a time.
 
-A reader thread gathers frames into a list and hands the whole list over (``put``) when it holds
-``BLOCK_FRAMES`` frames or ``BLOCK_AGE_S`` after the list's first frame, whichever comes first; the
-pipeline thread takes every block waiting (``take``) in one go.  One lock round trip per block instead of
+A reader thread gathers frames into a list and hands the whole list over (``put``) when it holds its bus's
+``BlockLimits.frames`` frames or ``BlockLimits.age_s`` after the list's first frame, whichever comes first;
+the pipeline thread takes every block waiting (``take``) in one go.  One lock round trip per block instead of
 a ``queue.Queue`` put and get (two lock round trips and a condition each) per frame: at 10k frames/s the
 per-frame hand-over was a large share of the agent's CPU (benchmarks/handover.py measures both).
 
@@ -16,16 +16,35 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import can
 
 Frame = TypeVar("Frame")
 
-# A block goes to the pipeline when it holds this many frames ...
-BLOCK_FRAMES = 256
-# ... or this long after its first frame arrived (the latency a slow trickle of frames sees at most).
-BLOCK_AGE_S = 0.005
+
+
+@dataclass(frozen=True)
+class BlockLimits:
+    """A block goes to the pipeline when it holds ``frames`` frames or ``age_s`` after its first frame arrived
+    (the latency a slow trickle of frames sees at most).  While a block gathers, the bus's frames wait in its
+    socket, so how long is safe depends on how many frames that socket holds."""
+
+    frames: int
+    age_s: float
+
+
+# A bus read a frame per call (SocketCAN, the virtual bus, python-can's stock socketcand client): 256 frames
+# or 5 ms.  Its frames wait in the kernel's socket buffer, and a SocketCAN socket's default one
+# (net.core.rmem_default, ~208 KiB at ~0.5-1 KiB per queued frame) holds only a few hundred: gathering
+# longer on a saturated bus would let the kernel drop frames where no counter of ours sees them.
+FRAME_BUS_LIMITS = BlockLimits(frames=256, age_s=0.005)
+# A bus read a block at a time (``recv_block``: the lean socketcand client): 1024 frames or 40 ms.  Its
+# frames wait as ~40 bytes of text each in a TCP buffer that holds thousands, and at 10k frames/s every
+# wake-up of the reader and of the pipeline costs more than the frames it brings (benchmarks/soak.py, whole
+# agent: 10.4 % of a core at 5 ms, 9.0 % at 10 ms, 7.6 % at 20 ms, 6.4 % at 40 ms).
+BLOCK_BUS_LIMITS = BlockLimits(frames=1024, age_s=0.04)
 # The pipeline takes about this many frames per wake-up, then looks at its clock (housekeeping, stop).
 TAKE_FRAMES = 4096
 
@@ -93,8 +112,9 @@ class BlockQueue(Generic[Frame]):
         return taken
 
 
-def block_reader(bus: can.BusABC) -> Callable[[list[can.Message], float], None]:
-    """``fill(block, timeout)``: wait up to ``timeout`` for frames and append what came, at most the block's room.
+def block_reader(bus: can.BusABC) -> tuple[Callable[[list[can.Message], float], None], BlockLimits]:
+    """``(fill, limits)``: ``fill(block, timeout)`` waits up to ``timeout`` for frames and appends what came, at
+    most the block's room; ``limits`` are the bus's (``BLOCK_BUS_LIMITS`` or ``FRAME_BUS_LIMITS``).
 
     A bus that reads several frames per call (``recv_block(timeout, max_frames)``, duck-typed) is asked for
     the room left.  Any other python-can bus gets one blocking ``recv`` and then ``recv(0)`` while frames
@@ -105,9 +125,12 @@ def block_reader(bus: can.BusABC) -> Callable[[list[can.Message], float], None]:
     a call with ``timeout`` 0 (the reader, having let the block's frames gather, takes what is waiting)."""
     recv_block = getattr(bus, "recv_block", None)
     if callable(recv_block):
+        room = BLOCK_BUS_LIMITS.frames
+
         def fill_blocks(block: list[can.Message], timeout: float) -> None:
-            block.extend(recv_block(timeout, BLOCK_FRAMES - len(block)) or ())
-        return fill_blocks
+            block.extend(recv_block(timeout, room - len(block)) or ())
+        return fill_blocks, BLOCK_BUS_LIMITS
+    frames = FRAME_BUS_LIMITS.frames
     recv = bus.recv
     looking = True  # for frames already waiting behind the one the blocking recv returned
 
@@ -122,10 +145,10 @@ def block_reader(bus: can.BusABC) -> Callable[[list[can.Message], float], None]:
         if not looking:
             return
         append = block.append
-        for _ in range(BLOCK_FRAMES - len(block)):
+        for _ in range(frames - len(block)):
             msg = recv(0)
             if msg is None:
                 looking = False
                 return
             append(msg)
-    return fill_frames
+    return fill_frames, FRAME_BUS_LIMITS

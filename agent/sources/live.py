@@ -2,7 +2,8 @@
 
 Buses are named by URL or opened from the config by ``agent.sources.bus_open``.  Each bus has its own
 reader thread (``bus-NAME``) that hands frames over in
-blocks (``agent.sources.blocks``: up to 256 frames, at most 5 ms old) to one
+blocks (``agent.sources.blocks``: up to 256 frames and 5 ms old for a bus read a frame at a time, 1024
+and 40 ms for one read a block at a time) to one
 queue bounded in frames; when the consumer falls behind, frames are dropped and
 counted (a live bus cannot be paused).  A bus with ``recv_block(timeout,
 max_frames)`` is read a block at a time; any other with a blocking ``recv``
@@ -32,7 +33,7 @@ from typing import Any
 import can
 
 from agent.canio.socketcand import SocketcandConnectionClosed
-from agent.sources.blocks import BLOCK_AGE_S, BLOCK_FRAMES, TAKE_FRAMES, BlockQueue, block_reader
+from agent.sources.blocks import TAKE_FRAMES, BlockQueue, block_reader
 from agent.sources.bus_open import BusUnavailable, BusUrlError, open_bus, short_reason
 
 log = logging.getLogger(__name__)
@@ -144,15 +145,16 @@ class _BusLink:
     def _read(self) -> None:
         bus, stop = self.bus, self.source.stop_event
         assert bus is not None
-        fill = block_reader(bus)
+        fill, limits = block_reader(bus)
+        max_frames, max_age_s = limits.frames, limits.age_s
         block: list[can.Message] = []
-        due = 0.0  # when the block goes, full or not: BLOCK_AGE_S after its first frame
+        due = 0.0  # when the block goes, full or not: max_age_s after its first frame
         while not stop.is_set():
             if not block:
                 wait = RECV_TIMEOUT_S
             else:
                 wait = due - time.monotonic()
-                if wait <= 0.0 or len(block) >= BLOCK_FRAMES:
+                if wait <= 0.0 or len(block) >= max_frames:
                     self.source.put_block(self.name, block)
                     block = []
                     continue
@@ -173,7 +175,7 @@ class _BusLink:
                 return
             if len(block) > had:
                 if not had:
-                    due = time.monotonic() + BLOCK_AGE_S
+                    due = time.monotonic() + max_age_s
             elif not block and _peer_closed(bus):  # the stock client only returns nothing
                 self._server_closed()
                 return
