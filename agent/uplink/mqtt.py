@@ -22,13 +22,12 @@ for the rate limit stops it - and nothing is published while the owner's
 ledger cannot be written.  An acknowledged batch whose ledger entry could not
 be written yet stays in the store (not offered again) until it is written.
 
-Two threads: the I/O thread owns the connection (connect, paho ``loop``,
+Two threads: the I/O thread owns the connection (``agent.uplink.connection``: connect, paho ``loop``,
 backoff); the sender thread settles PUBACKs in the store and fills the window.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -41,8 +40,9 @@ from typing import Any
 from agent.uplink import properties as batch_properties
 from agent.uplink.book import DeliveryBook
 from agent.uplink.config import UplinkConfig
+from agent.uplink.connection import ConnectionLoop
 from agent.uplink.delivery import DeliveryRecorder
-from agent.uplink.endpoint import Endpoint, EndpointRefused, PinMismatch, build_tls_context, check_endpoint
+from agent.uplink.endpoint import Endpoint
 from agent.uplink.pacing import Backoff, ByteRateLimiter
 from agent.uplink.ports import BatchSource, Release, ReleaseGate
 from agent.uplink.session import Ack, Session, SessionHooks, publish_properties, status_json
@@ -71,29 +71,27 @@ class Uplink:
         self.vehicle_id = vehicle_id
         self.client_id = config.client_id or f"vehicle-{vehicle_id}"
         self._clock = clock
-        self._environ = os.environ if environ is None else environ
         self._on_in_flight_change = on_in_flight_change
         self._on_command = on_command
         self._health = health
         self._gate = gate
         self._delivery = DeliveryRecorder(store, gate, self._broker_name)
-        self._backoff = Backoff(config.backoff_min, config.backoff_max, rng or random.Random())
+        self._connection = ConnectionLoop(
+            config, self.client_id, Backoff(config.backoff_min, config.backoff_max, rng or random.Random()),
+            os.environ if environ is None else environ, self._new_session, on_status=self._set_status,
+            on_refused=self._refuse, on_failed=self._connection_failed)
         self._limiter = ByteRateLimiter(config.byte_rate_limit)
         self._status_topic = status_topic(config.topic_prefix, vehicle_id)
         self._cond = threading.Condition()
         self._stop_sending = threading.Event()
-        self._stop_io = threading.Event()
-        self._session: Session | None = None
         self._window = config.in_flight
         self._acks: deque[Ack] = deque()  # PUBACKs from the I/O thread, settled by the sender
         self._book = DeliveryBook()
         self._wake = False
         self._threads: list[threading.Thread] = []
-        self._endpoint: Endpoint | None = None
         self._status = "stopped"
         self._refused: str | None = None
         self._last_error: str | None = None
-        self._next_attempt: float | None = None
 
     # -- public API --------------------------------------------------------
     def start(self) -> None:
@@ -103,9 +101,9 @@ class Uplink:
             self._status = "disabled"
             return
         self._stop_sending.clear()
-        self._stop_io.clear()
+        self._connection.stopping.clear()
         self._status = "connecting"
-        self._threads = [threading.Thread(target=self._io_main, name="uplink-io", daemon=True),
+        self._threads = [threading.Thread(target=self._connection.run, name="uplink-io", daemon=True),
                          threading.Thread(target=self._send_main, name="uplink-send", daemon=True)]
         for thread in self._threads:
             thread.start()
@@ -121,7 +119,7 @@ class Uplink:
         while time.monotonic() < deadline and self._session_in_flight():
             time.sleep(0.01)
         self._settle_acks()
-        self._stop_io.set()
+        self._connection.stopping.set()
         self._threads[0].join(max(0.5, deadline - time.monotonic()))
         self._threads = []
         if self._status != "refused":
@@ -129,8 +127,8 @@ class Uplink:
 
     def publish_health(self) -> bool:
         """Re-publish the retained status with fresh counters (called periodically by the agent)."""
-        session = self._session
-        if session is None or not session.is_connected or session.is_closed:
+        session = self._connection.live_session()
+        if session is None:
             return False
         session.publish_status("online")
         return True
@@ -144,7 +142,7 @@ class Uplink:
     def in_flight_ids(self) -> frozenset[int]:
         """Batches handed to the MQTT client whose PUBACK has not been seen: they may have
         left the vehicle (consent revocation records them as such)."""
-        session = self._session
+        session = self._connection.session
         ids = self._book.sending()
         if session is not None:
             ids |= session.in_flight_ids()
@@ -159,17 +157,15 @@ class Uplink:
         self._in_flight_changed()
 
     def state(self) -> dict[str, Any]:
-        session = self._session
         book = self._book.snapshot()
         with self._cond:
             status = self._status
-        connected = bool(session and session.is_connected and not session.is_closed)
-        next_attempt = self._next_attempt
+        connected = self._connection.live_session() is not None
+        next_attempt, endpoint = self._connection.next_attempt, self._connection.endpoint
         return {
             "state": status,
             "connected": connected,
-            "endpoint": str(self._endpoint) if self._endpoint else
-            f"{self.config.broker.host}:{self.config.broker.port}",
+            "endpoint": str(endpoint) if endpoint else f"{self.config.broker.host}:{self.config.broker.port}",
             "region": self.config.region,
             "client_id": self.client_id,
             "in_flight": len(self.in_flight_ids()),
@@ -180,39 +176,7 @@ class Uplink:
             **book,
         }
 
-    # -- I/O thread ----------------------------------------------------------
-    def _io_main(self) -> None:
-        try:
-            endpoint = check_endpoint(self.config)
-            tls_context = build_tls_context(self.config.tls, endpoint.pin_sha256, self._environ) \
-                if self.config.tls else None
-        except EndpointRefused as exc:
-            self._refuse(str(exc))
-            return
-        self._endpoint = endpoint
-        log.info("uplink: endpoint %s accepted for region %s", endpoint, endpoint.region)
-        while not self._stop_io.is_set():
-            session = self._new_session(endpoint, tls_context)
-            try:
-                self._set_status("connecting")
-                session.connect()
-            except PinMismatch as exc:
-                self._refuse(f"{self.config.broker_where}: {exc}")
-                return
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                self._connection_failed(f"cannot connect to {endpoint}: {_describe(exc)}")
-                self._wait_backoff()
-                continue
-            self._session = session
-            connack_deadline = time.monotonic() + self.config.connect_timeout
-            while not self._stop_io.is_set() and session.loop(0.2):
-                if not session.was_connected and time.monotonic() > connack_deadline:
-                    session.abort(f"no CONNACK within {self.config.connect_timeout:g} s")
-            if self._stop_io.is_set() and not session.is_closed:
-                self._say_goodbye(session)
-                return
-            self._wait_backoff()
-
+    # -- I/O thread (agent.uplink.connection runs it; these are its hooks) --------------
     def _new_session(self, endpoint: Endpoint, tls_context: Any) -> Session:
         hooks = SessionHooks(connected=self._on_connected, refused=self._on_refused_by_broker,
                              disconnected=self._on_disconnected, acked=self._on_acked)
@@ -221,25 +185,6 @@ class Uplink:
         return Session(endpoint, self.client_id, self.config.keepalive, self.config.connect_timeout,
                        self._status_topic, payload, tls_context, self.config.in_flight, hooks,
                        command_topic=commands, on_command=self._on_command)
-
-    def _say_goodbye(self, session: Session) -> None:
-        """A clean stop sends no last will, so publish "offline" ourselves, then disconnect."""
-        if session.is_connected:
-            session.publish_status("offline")
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline and session.control_pending() and session.loop(0.05):
-                pass
-        session.disconnect()
-        with contextlib.suppress(Exception):
-            session.loop(0.05)
-        self._set_status("stopped")
-
-    def _wait_backoff(self) -> None:
-        delay = self._backoff.next_delay()
-        self._next_attempt = time.monotonic() + delay
-        self._set_status("backoff")
-        self._stop_io.wait(delay)
-        self._next_attempt = None
 
     def _refuse(self, message: str) -> None:
         log.error("uplink refused: %s", message)
@@ -260,7 +205,7 @@ class Uplink:
 
     # session hooks (I/O thread)
     def _on_connected(self, session: Session, receive_maximum: int | None) -> None:
-        self._backoff.reset()
+        self._connection.connected()
         window = self.config.in_flight if not receive_maximum else min(self.config.in_flight, receive_maximum)
         log.info("uplink: connected to %s (window %d)", session.endpoint, window)
         self._book.count("connects")
@@ -275,7 +220,7 @@ class Uplink:
         self._connection_failed(why)
 
     def _on_disconnected(self, session: Session, why: str) -> None:
-        stopping = self._stop_io.is_set()
+        stopping = self._connection.stopping.is_set()
         if stopping:
             log.info("uplink: %s", why)
         else:
@@ -335,12 +280,12 @@ class Uplink:
                 self._last_error = f"broker rejected batch {ack.batch_id}: {ack.reason}"
 
     def _broker_name(self) -> str:
-        endpoint = self._endpoint
+        endpoint = self._connection.endpoint
         return f"{endpoint.host}:{endpoint.port}" if endpoint else self.config.broker.host
 
     def _fill_window(self) -> None:
-        session = self._session
-        if session is None or not session.is_connected or session.is_closed:
+        session = self._connection.live_session()
+        if session is None:
             return
         self._delivery.settle()
         # In-flight ids first, then the ack queue: a PUBACK moves a batch from the first to the second.
@@ -421,15 +366,10 @@ class Uplink:
         session.dictionaries_sent.add(dictionary_id)
 
     def _session_in_flight(self) -> bool:
-        session = self._session
+        session = self._connection.session
         return bool(session and not session.is_closed and session.in_flight_ids())
 
     def _in_flight_changed(self) -> None:
         if self._on_in_flight_change is not None:
             self._on_in_flight_change(self.in_flight_ids())
 
-
-def _describe(exc: BaseException) -> str:
-    """An exception as one line, without stack or key material (ssl errors carry only reasons)."""
-    text = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
