@@ -25,8 +25,8 @@ from pathlib import Path
 
 from agent.config import AgentConfig, load_config
 from agent.control import CommandRegistry, ControlServer, control_socket_path
-from agent.diag.config import diagnostics_config
-from agent.diag.runner import diagnostics_runner
+from agent.diag.config import DiagnosticsConfig, diagnostics_config
+from agent.diag.runner import DiagnosticsRunner, diagnostics_runner
 from agent.export.anchor import signing_key_fingerprint, vehicle_anchor
 from agent.flow.build import BuildOptions, DataPath, build, build_data_path
 from agent.flow.handover import hand_over
@@ -77,8 +77,9 @@ class AgentRuntime:
         # Owner-only state (0700), keys 0600; a world-writable state dir is refused (``build`` checks it).
         self.state_dir = self.core.state_dir
         self.source = source or self._open_buses(self.config)
-        # Diagnostic requests (off unless configured; only on buses marked transmit): fixed at start.
-        self.diagnostics = diagnostics_runner(diagnostics_config(self.config), self.source)
+        # Diagnostic requests (off unless configured; only on buses marked transmit); a reload may change them.
+        self._diagnostics_config = diagnostics_config(self.config)
+        self.diagnostics = diagnostics_runner(self._diagnostics_config, self.source)
         self._use(stages.path)
         self.control = ControlServer(control_socket_path(self.state_dir), self._commands())
         self.owner_page: OwnerPageServer | None = None
@@ -225,7 +226,11 @@ class AgentRuntime:
             # The core (uplink, consent) stays as it is, but a file the next start would refuse is refused now.
             uplink_config(config)
             consent_config(config)
-            diagnostics_config(config)  # the requests stay those of the start; a broken section is refused
+            diagnostics = diagnostics_config(config)
+            # Made (not started) before anything changes: a changed section gets a new runner, an unchanged one
+            # keeps the running one, so requests in flight are not cut off.
+            runner = diagnostics_runner(diagnostics, self.source) if diagnostics != self._diagnostics_config \
+                else self.diagnostics
             path = build_data_path(config, self.core, self._options)
         except Exception as exc:  # whatever the new file does (even a bug it triggers), the running config stays
             # One line, no traceback: the type and the message ("ConfigError: agent.yaml:4: key: problem").
@@ -240,10 +245,26 @@ class AgentRuntime:
         self.sidecars.close()
         hand_over(self.path, path)  # counters and trigger states are the agent's: they go on across a reload
         self.config = config
+        self._replace_diagnostics(runner, diagnostics)
         self._use(path)
         self.reloads["ok"] += 1
         log.info("configuration reloaded from %s", self.config_path)
         self.notifier.ready(self.status_line())
+
+    def _replace_diagnostics(self, runner: DiagnosticsRunner | None, config: DiagnosticsConfig) -> None:
+        """The reloaded requests: the old runner stops before the new one starts (no request goes out twice),
+        and each request's counters go on under its name."""
+        old, self._diagnostics_config = self.diagnostics, config
+        if runner is old:
+            return
+        if old is not None:
+            old.stop()
+            if runner is not None:
+                runner.scheduler.adopt_counters(old.scheduler)
+        self.diagnostics = runner
+        if runner is not None:
+            runner.start()
+        log.info("diagnostic requests reloaded: %d configured", len(config.requests))
 
     def _shutdown(self) -> None:
         self.notifier.stopping("flushing open batches")

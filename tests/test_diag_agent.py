@@ -117,3 +117,55 @@ def test_no_diagnostics_section_sends_nothing(tmp_path):
     (tmp_path / "agent.yaml").write_text(config)
     loaded = load_config(tmp_path / "agent.yaml")
     assert diagnostics_config(loaded).requests == ()
+
+
+def _wait(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_reload_applies_changed_requests_and_keeps_their_counters(tmp_path):
+    channel = f"obd-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, "    - {bus: obd, kind: obd01, pids: [0x0C], period_s: 0.2}\n")
+    grant(tmp_path / "state", {"vehicle_health": None, "driving": None})
+    agent_obd = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
+    agent_body = can.Bus(interface="virtual", channel=f"body-{uuid.uuid4().hex[:8]}", receive_own_messages=False)
+    ecu_bus = can.Bus(interface="virtual", channel=channel)
+    ecu = ScriptedEcu(ecu_bus, EcuScript(pids={0x0C: 1800.0, 0x05: 85.0}, stored=[ScriptedDtc("P0301")]))
+    agent = AgentRuntime(config, source=LiveSource({"obd": agent_obd, "body": agent_body}))
+    runner = threading.Thread(target=agent.run)
+    with ecu:
+        agent.start()
+        runner.start()
+        try:
+            assert _wait(lambda: agent.diagnostics.snapshot()["requests"]["obd:obd01"]["responses_seen"] >= 3)
+            first = agent.diagnostics
+            # The same requests again: the running requests go on untouched.
+            agent.request_reload()
+            assert _wait(lambda: agent.reloads["ok"] == 1)
+            assert agent.diagnostics is first
+            before = first.snapshot()["requests"]["obd:obd01"]["requests_sent"]
+            config.write_text(config.read_text().replace(
+                "    - {bus: obd, kind: obd01, pids: [0x0C], period_s: 0.2}\n",
+                "    - {bus: obd, kind: obd01, pids: [0x0C, 0x05], period_s: 0.2}\n"
+                "    - {bus: obd, kind: obd03, period_s: 0.2}\n"))
+            agent.request_reload()
+            assert _wait(lambda: agent.reloads["ok"] == 2)
+            reloaded_at = ecu.elapsed  # the old runner stopped before the reload counted
+            assert _wait(lambda: agent.diagnostics.snapshot()["requests"].get("obd:obd03", {})
+                         .get("responses_seen", 0) >= 3)
+        finally:
+            agent.stop()
+            runner.join(20)
+    assert not runner.is_alive() and agent.reloads["rejected"] == 0
+    requests = agent.diagnostics.snapshot()["requests"]
+    # The obd01 request's counters went on from where they were; the new one counts from the reload.
+    assert requests["obd:obd01"]["requests_sent"] > before >= 3
+    assert requests["obd:obd03"]["requests_sent"] >= 3
+    after = [sdu for at, _functional, sdu in ecu.requests if at > reloaded_at + 0.1]
+    assert bytes([0x01, 0x0C, 0x05]) in after and bytes([0x03]) in after and bytes([0x01, 0x0C]) not in after
+    assert not first._thread.is_alive()  # the old requests stopped: nothing sends them twice

@@ -268,6 +268,14 @@ class RequestScheduler:
             self._live[bus] = keep
 
     # -- reporting -------------------------------------------------------------------
+    def adopt_counters(self, previous: RequestScheduler) -> None:
+        """Carry the counters of ``previous`` (the scheduler a reload replaces) over: a request under the same
+        name goes on counting from its old figures; one that is gone takes its counters with it."""
+        for name, counters in previous.counters.items():
+            if name in self.counters:
+                self.counters[name] = counters
+        self.unsolicited_first_frames += previous.unsolicited_first_frames
+
     def snapshot(self) -> dict:
         return {"requests": {name: c.as_dict() for name, c in self.counters.items()},
                 "unsolicited_first_frames": self.unsolicited_first_frames,
