@@ -383,6 +383,33 @@ def test_kona_2019_log_checked_counters_and_checksums_exactly(shared_data):
                                "checksum_ok": 7825, "checksum_failures": 0, "checksum_not_checked": 1358}
 
 
+def test_a_reloaded_checker_goes_on_from_the_one_it_replaces(shared_data):
+    """A reload builds a new checker from the re-read DBCs and catalogs: its counts and counter states go on
+    from the old one's, so the log split by a reload counts exactly what it counts in one piece."""
+    proposals = kona_proposals(shared_data)
+    frames = list(LogSource(shared_data / KONA_2019))
+    whole, _ = kona_checker(shared_data, proposals)
+    for bus, msg in frames:
+        whole.on_raw(bus, msg)
+    before, _ = kona_checker(shared_data, proposals)
+    half = len(frames) // 2
+    for bus, msg in frames[:half]:
+        before.on_raw(bus, msg)
+    # The new configuration no longer checks VCU_109's counter (its checksum still): it starts afresh.
+    changed = {key: p for key, p in proposals.items() if key != ("VCU_109", "Counter")}
+    after, _ = kona_checker(shared_data, changed)
+    after.continue_from(before)
+    for bus, msg in frames[half:]:
+        after.on_raw(bus, msg)
+    expected = whole.snapshot()
+    got = after.snapshot()
+    restarted = got["pcan"].pop("VCU_109")
+    later = sum(1 for bus, msg in frames[half:] if bus == "pcan" and msg.arbitration_id == 0x109)
+    assert expected["pcan"].pop("VCU_109")["frames"] == 1084 and restarted["frames"] == later > 0
+    assert restarted["counter_ok"] == 0 and restarted["checksum_ok"] == restarted["frames"]
+    assert got == expected
+
+
 def test_kona_2020_comp_can_has_no_transport_signals_so_the_checker_is_empty(shared_data):
     loaded = load_dbc(shared_data / "dbc/kona-ev-dbc/comp_can.dbc")
     frames = list(LogSource(shared_data / KONA_2020))

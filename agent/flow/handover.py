@@ -5,8 +5,10 @@ sidecars from the re-read configuration, on the same core.  Two things are the
 agent's, not one data path's, and go on across it:
 
 - the counters (frames in, decode outcomes, incident snapshots and camera
-  events): status and the journal count over the agent's life, and a test or
-  an operator waiting for "one snapshot" must not see it fall back to zero;
+  events, and the transport checks' data-quality counts per message, with
+  their counters' last values): status and the journal count over the agent's
+  life, and a test or an operator waiting for "one snapshot" must not see it
+  fall back to zero;
 - the state of every trigger condition that is still configured unchanged
   (same name, same expression, same mode): a reload is not an edge, so a
   condition that is already true does not start a second incident or a second
@@ -24,6 +26,8 @@ def hand_over(old: DataPath, new: DataPath) -> int:
     new.pipeline.decoder.counters = old.pipeline.decoder.counters
     new.pipeline.decoder.message_counts = old.pipeline.decoder.message_counts
     new.sidecars.counters = old.sidecars.counters
+    if old.integrity is not None and new.integrity is not None:
+        new.integrity.continue_from(old.integrity)
     continued = 0
     previous_campaigns = {trigger.campaign: trigger.condition for trigger in old.collector.triggers}
     for trigger in new.collector.triggers:

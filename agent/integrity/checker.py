@@ -175,6 +175,15 @@ class _Watch:
 LayoutInput = MessageLayout | tuple  # (Message, counter names, checksum names, algorithm or None)
 
 
+def _same_checks(one: _Watch, other: _Watch) -> bool:
+    def shape(watch: _Watch) -> tuple:
+        layout = watch.layout
+        return (layout.message.name, watch.length,
+                tuple((field.name, modulus) for field, modulus in layout.counters),
+                tuple((field.name, algorithm.name if algorithm else None) for field, algorithm in layout.checksums))
+    return shape(one) == shape(other)
+
+
 class TransportChecker:
     """Counts counter and checksum problems of raw frames, per bus and message.
 
@@ -209,6 +218,23 @@ class TransportChecker:
         table = self._tables[bus] = {key: _Watch(layout, self.gap_seconds, self.reset_seconds)
                                      for key, layout in merged.items()}
         return table
+
+    def continue_from(self, previous: TransportChecker) -> int:
+        """Go on from the checker a reload replaces: a message checked the same way (same counters and moduli,
+        same checksums and algorithms, same length) keeps its counts and its counters' last values, so the
+        reload neither resets the data-quality counters nor shows as a resync; a message whose checks changed
+        starts afresh.  Returns how many messages went on."""
+        went_on = 0
+        for bus, old_table in previous._tables.items():
+            table = self._tables.get(bus)
+            if table is None:
+                table = self._build(bus)
+            for key, old in old_table.items():
+                watch = table.get(key)
+                if watch is not None and _same_checks(watch, old):
+                    watch.counts, watch.counters = old.counts, old.counters
+                    went_on += 1
+        return went_on
 
     def on_raw(self, bus: str, msg: can.Message) -> None:
         table = self._tables.get(bus)
