@@ -58,3 +58,35 @@ def test_stats_shows_transport_checks_and_isotp_transfers(repo_root, shared_data
     dbc = shared_data / "dbc/css-electronics/tp_uds_nissan.dbc"
     assert main(["stats", str(leaf), "--dbc", f"can0={dbc}"]) == 0
     assert "bus can0 ISO-TP: 26 transfers, 26 decoded, 0 negative answers, 0 not decodable" in capsys.readouterr().out
+
+
+def test_a_reload_keeps_the_transport_counts_of_the_running_agent(repo_root, shared_data, tmp_path):
+    from agent.runtime import AgentRuntime
+    from agent.sources.live import LiveSource
+
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"""\
+vehicle: {{id: integrity-reload}}
+state: {{dir: {tmp_path / 'state'}}}
+owner_page: {{enabled: false}}
+buses:
+  - {{name: pcan, interface: virtual, channel: integrity-reload, dbc: [{repo_root / 'dbc/kona-ev/pcan.dbc'}]}}
+""")
+    frames = [(bus, msg) for bus, msg in LogSource(shared_data / KONA_2019) if bus == "pcan"]
+    agent = AgentRuntime(config, source=LiveSource({}))
+    try:
+        half = len(frames) // 2
+        for bus, msg in frames[:half]:
+            agent.pipeline.feed(bus, msg)
+        agent._reload()
+        assert agent.reloads == {"ok": 1, "rejected": 0, "last_error": None}
+        for bus, msg in frames[half:]:
+            agent.pipeline.feed(bus, msg)
+        per_message = agent.status()["integrity"]["pcan"]
+    finally:
+        agent.store.close()
+    # The whole log's figures (test above), not those of its second half, and no resync at the reload.
+    assert sum(c["frames"] for c in per_message.values()) == 9038 + 65
+    assert sum(c["counter_jumps"] for c in per_message.values()) == 3
+    assert sum(c["counter_ok"] for c in per_message.values()) == 9023
+    assert sum(c["checksum_ok"] for c in per_message.values()) == 5539
