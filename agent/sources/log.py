@@ -36,10 +36,10 @@ from typing import Any
 import can
 from can.io.player import MESSAGE_READERS
 
+from agent.sources.log_position import BinaryProbe, CountingFile, asc_detail, blf_detail
 from agent.sources.mf4check import mf4_detail
 
 TEXT_SUFFIXES = {".log", ".asc", ".trc", ".csv"}
-BLF_HEADER_SIZE = 144  # a writer that never finished its file leaves this (or 0) as the file size
 FORMAT_NAMES = {".asc": "an ASC", ".blf": "a BLF", ".log": "a candump", ".trc": "a TRC", ".csv": "a python-can CSV",
                 ".mf4": "an MF4"}
 # The first channel number each reader reports.
@@ -50,138 +50,11 @@ class LogError(ValueError):
     """A log that cannot be read (further); names the file and, if known, the line."""
 
 
-_BLOCK_LETTERS = ("B", "b", "E", "e")  # the first letters of "Begin Triggerblock" and "End TriggerBlock"
 MAX_DAMAGE_PLACES = 10  # damaged lines named one by one in stats.damaged_at; the rest are counted
-
-
-class _CountingFile:
-    """Text file proxy that counts the lines handed to the reader, notices a last line cut off (no
-    newline) and, for ASC, whether a "Begin Triggerblock" is still open (no "End TriggerBlock" yet).
-
-    Until the first frame it keeps the lines read (``head``): the header a restarted reader is shown
-    again (``replay``) after a damaged line.  ``close`` is left to the owner: readers close their file
-    when they stop, and a restarted reader reads on from the same one."""
-
-    def __init__(self, file: Any, asc: bool = False) -> None:
-        self._file = file
-        self._asc = asc
-        self.line = 0
-        self.chars = 0
-        self.cut = False
-        self.open_block: bool | None = None  # None: no trigger block seen
-        self.head: list[str] | None = []  # None once the first frame is read
-        self.preamble: list[str] = []
-        self._replay: list[str] = []
-
-    def __iter__(self) -> Iterator[str]:
-        # A generator, not __next__: the readers iterate their file, and resuming a generator costs less than
-        # a method call per line.  A restarted reader gets a new one, reading on from the same file.
-        while self._replay:
-            yield self._replay.pop(0)
-        for line in self._file:
-            if self.head is not None:
-                self.head.append(line)
-            self.line += 1
-            self.chars += len(line)
-            self.cut = line[-1:] != "\n"
-            if self._asc and line[:1] in _BLOCK_LETTERS:
-                self._trigger_block(line)
-            yield line
-
-    def replay(self, lines: list[str]) -> None:
-        self._replay = list(lines)
-
-    def first_frame_read(self) -> None:
-        """The lines before the one the first frame came from are the header."""
-        if self.head is not None:
-            self.head = self.head[:-1]
-            self.preamble, self.head = self.head, None
-
-    def close(self) -> None:
-        pass
-
-    def close_file(self) -> None:
-        self._file.close()
-
-    def _saw(self, line: str) -> str:
-        if self.head is not None:
-            self.head.append(line)
-        self.line += 1
-        self.chars += len(line)
-        self.cut = not line.endswith("\n")
-        if self._asc and line[:1] in ("B", "b", "E", "e"):
-            self._trigger_block(line)
-        return line
-
-    def _trigger_block(self, line: str) -> None:
-        words = line.strip().lower()
-        if words.startswith("begin triggerblock"):
-            self.open_block = True
-        elif words == "end triggerblock":
-            self.open_block = False
-
-    def __next__(self) -> str:
-        if self._replay:
-            return self._replay.pop(0)
-        return self._saw(next(self._file))
-
-    def readline(self, *args: Any) -> str:
-        if self._replay:
-            return self._replay.pop(0)
-        line = self._file.readline(*args)
-        return self._saw(line) if line else line
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
-
-
-class _BinaryProbe:
-    """Binary file proxy for the BLF reader: where it is, and where a read came back short (the reader
-    takes a short object for a whole one).  Reads of at most 3 bytes are padding, and an empty read of
-    an object header is the normal end of the file."""
-
-    def __init__(self, file: Any) -> None:
-        self._file = file
-        self.position = 0
-        self.object_at = 0  # where the last object header started
-        self.short_at: int | None = None  # where the object cut off by the end of the file started
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._file.read(size)
-        if size == 16 and data[:4] == b"LOBJ":
-            self.object_at = self.position
-        if self.short_at is None and size > 3 and len(data) < size and not (size == 16 and not data):
-            self.short_at = self.object_at if size != 16 else self.position
-        self.position += len(data)
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
 
 
 def _frames(count: int) -> str:
     return f"{count} frame" + ("" if count == 1 else "s")
-
-
-def _asc_detail(counting: _CountingFile | None) -> str | None:
-    if counting is None or not counting.open_block:
-        return None
-    cut = f"; line {counting.line} cut off" if counting.cut else ""
-    return f"no 'End TriggerBlock' after line {counting.line}{cut}"
-
-
-def _blf_detail(probe: _BinaryProbe | None, reader: Any) -> str | None:
-    """Where a BLF file ended early: a short read, or fewer bytes than its header says it has."""
-    if probe is None:
-        return None
-    if probe.short_at == 0:
-        return f"the BLF file header is cut off at byte {probe.position}"
-    if probe.short_at is not None:
-        return f"truncated BLF object at byte {probe.short_at}; the file ends at byte {probe.position}"
-    declared = getattr(reader, "file_size", 0) or 0
-    if declared > probe.position and declared > BLF_HEADER_SIZE:
-        return f"its header says {declared} bytes, the file ends at byte {probe.position}"
-    return None
 
 
 def log_suffix(path: Path) -> tuple[str, bool]:
@@ -262,9 +135,9 @@ class LogSource:
         if self.suffix in TEXT_SUFFIXES:
             raw = gzip.open(self.path, "rt") if self.compressed else open(self.path, encoding="utf-8",
                                                                           errors="replace")
-            return _CountingFile(raw, asc=self.suffix == ".asc")
+            return CountingFile(raw, asc=self.suffix == ".asc")
         if self.suffix == ".blf":
-            return _BinaryProbe(gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb"))
+            return BinaryProbe(gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb"))
         return gzip.open(self.path, "rb") if self.compressed else str(self.path)
 
     def __iter__(self) -> Iterator[tuple[str, can.Message]]:
@@ -277,18 +150,18 @@ class LogSource:
             file = self._open()
             reader = MESSAGE_READERS[self.suffix](file)
         except Exception as exc:
-            if isinstance(file, _CountingFile):
+            if isinstance(file, CountingFile):
                 file.close_file()
             elif file is not None and not isinstance(file, str):
                 file.close()
             if isinstance(exc, (ImportError, NotImplementedError)):  # python-can's MF4Reader without asammdf
                 raise LogError(f"{self.path}: reading {self.suffix} needs an optional package: {exc}") from None
-            detail = _blf_detail(file if isinstance(file, _BinaryProbe) else None, None)
+            detail = blf_detail(file if isinstance(file, BinaryProbe) else None, None)
             self._fail(f"{self.path}: read 0 frames; the file ended early ({detail})" if detail else
                        f"{self.path}: cannot open log: {type(exc).__name__}: {exc}")
             return
-        counting = file if isinstance(file, _CountingFile) else None
-        probe = file if isinstance(file, _BinaryProbe) else None
+        counting = file if isinstance(file, CountingFile) else None
+        probe = file if isinstance(file, BinaryProbe) else None
         self._position = counting or probe
         try:
             yield from self._read(reader, counting, probe, size)
@@ -303,14 +176,14 @@ class LogSource:
         where = self._position
         if where is None:
             return None
-        return where.chars if isinstance(where, _CountingFile) else where.position
+        return where.chars if isinstance(where, CountingFile) else where.position
 
     @property
     def size(self) -> int | None:
         """The total ``position`` goes to (the file's size), None for a compressed file."""
         return None if self.compressed or self.suffix == ".mf4" else self.path.stat().st_size
 
-    def _read(self, reader: Any, counting: _CountingFile | None, probe: _BinaryProbe | None,
+    def _read(self, reader: Any, counting: CountingFile | None, probe: BinaryProbe | None,
               size: int) -> Iterator[tuple[str, can.Message]]:
         names: dict[Any, str] = {}
         buses = self.stats.buses
@@ -337,7 +210,7 @@ class LogSource:
             except GeneratorExit:
                 raise
             except Exception as exc:
-                detail = _blf_detail(probe, None)
+                detail = blf_detail(probe, None)
                 if detail:
                     self._fail(f"{self.path}: read {_frames(self.stats.frames)}; the file ended early ({detail})")
                     return
@@ -355,7 +228,7 @@ class LogSource:
         if cut_off and self.skip_damaged:
             self._count_damage(counting.line, "cut off (the file ends inside it)")
             cut_off = None
-        detail = cut_off or _asc_detail(counting) or _blf_detail(probe, reader)
+        detail = cut_off or asc_detail(counting) or blf_detail(probe, reader)
         if not detail and self.suffix == ".mf4" and not self.compressed:
             detail = mf4_detail(self.path)
         if detail:
@@ -365,7 +238,7 @@ class LogSource:
         elif self.stats.frames == 0:
             self.stats.warning = f"{self.path}: no CAN frames; every line with content is damaged"
 
-    def _resume_after(self, counting: _CountingFile, exc: Exception) -> Any:
+    def _resume_after(self, counting: CountingFile, exc: Exception) -> Any:
         """Count the damaged line and a new reader that reads on after it, shown the header again."""
         why = "cut off (the file ends inside it)" if counting.cut else f"{type(exc).__name__}: {exc}"
         self._count_damage(counting.line, why)
@@ -389,7 +262,7 @@ class LogSource:
             return not (msg.is_remote_frame or msg.is_error_frame) and len(msg.data) < msg.dlc
         return False
 
-    def _what_it_was(self, counting: _CountingFile | None) -> str:
+    def _what_it_was(self, counting: CountingFile | None) -> str:
         if self.suffix == ".asc" and counting is not None and counting.open_block is False:
             return "an ASC log without CAN frames"
         if self.suffix == ".blf":
