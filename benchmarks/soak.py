@@ -40,11 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import REPO_ROOT  # noqa: F401  (puts the repo on sys.path)
+from soak_live import LOG_BUSES, BatchWatch, PacedServer
 
 from simulator.broker import LocalBroker
 from tests.e2e_support import grant
 from tests.helpers.systemd_unit import UNIT, directives, unit_environment
-from tests.reliability.rig import BUNDLED_LOG, GRANTS, AgentProcess, LogBook, Simulator, live_config
+from tests.reliability.rig import GRANTS, AgentProcess, LogBook, Simulator, live_config
 
 # Every agent here runs with the shipped unit's Environment= (as systemd would start it).
 UNIT_ENVIRONMENT = unit_environment(directives(UNIT.read_text()))
@@ -53,7 +54,6 @@ RSS_TARGET_MB = 60.0
 CPU_TARGET_PERCENT = 15.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WARM_S = 3.0  # steady phases: CPU is measured from this far in
-LOG_BUSES = {"can0": "truck", "can1": "gps"}  # the log's channels -> the agent's bus names (= socketcand channels)
 
 
 @dataclass
@@ -102,114 +102,6 @@ def proc_cpu_s(pid: int) -> float:
     # Fields after the command name (which may hold spaces): utime and stime are fields 14 and 15.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-# --- the paced server (its own process) -----------------------------------------------------------------------
-
-def serve_paced(mode: str, rate: float, seconds: float) -> None:
-    """Print the port, wait for both buses' clients, send for ``seconds``: ``mix`` = ``rate`` frames/s in all, in
-    the log's order; ``each`` = ``rate`` frames/s on each bus, its own frames looped.  Then print what was sent."""
-    from agent.sources.log import LogSource
-    from simulator.socketcand_server import SocketcandServer
-
-    frames = [(LOG_BUSES[bus], msg) for bus, msg in LogSource(BUNDLED_LOG)
-              if bus in LOG_BUSES and not (msg.is_remote_frame or msg.is_fd)]
-    lanes = [frames] if mode == "mix" else [[f for f in frames if f[0] == bus] for bus in LOG_BUSES.values()]
-    server = SocketcandServer(queue_frames=65536).start()
-    print(server.port, flush=True)
-    if not server.wait_for_clients(len(LOG_BUSES), 60):
-        raise SystemExit("the agent's buses did not connect within 60 s")
-    sent = [0] * len(lanes)
-    started = time.monotonic()
-    while True:
-        elapsed = time.monotonic() - started
-        if elapsed >= seconds:
-            break
-        due = int(elapsed * rate) + 1
-        for index, lane in enumerate(lanes):
-            count = len(lane)
-            while sent[index] < due:
-                bus, msg = lane[sent[index] % count]
-                server.send(msg, channel=bus)
-                sent[index] += 1
-        time.sleep(0.001)
-    server.stop(flush_timeout=30)
-    print(json.dumps({"sent": sum(sent), "send_s": time.monotonic() - started,
-                      "dropped": server.stats().dropped}), flush=True)
-
-
-class PacedServer:
-    def __init__(self, mode: str, rate: float, seconds: float) -> None:
-        self.process = subprocess.Popen([sys.executable, __file__, "--serve-paced", mode, "--rate", str(rate),
-                                         "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        self.port = int(self.process.stdout.readline())
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def report(self, timeout: float = 120) -> dict:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        self.process.wait(timeout)
-        return json.loads(line)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-# --- the broker's side: what the agent committed and delivered, and when ----------------------------------------
-
-class BatchWatch:
-    """Subscribes to every topic on the broker; keeps (arrival time, payload) of each message."""
-
-    def __init__(self, port: int) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.messages: list[tuple[float, str, bytes]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="soak-watch",
-                                  protocol=mqtt.MQTTv5)
-        ready = threading.Event()
-        self.client.on_connect = lambda client, *a: (client.subscribe("#", qos=1), ready.set())
-        self.client.on_message = lambda _c, _u, msg: self.messages.append((time.time(), msg.topic, msg.payload))
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not ready.wait(10):
-            raise RuntimeError("the benchmark's subscriber could not connect to the broker")
-
-    def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-    def latencies(self, since: float) -> dict:
-        """Per frame: arrival -> batch committed, arrival -> delivered (s), for frames that arrived after ``since``."""
-        from agent.batch import decode_batch
-
-        dictionaries = {"sha256:" + topic.rsplit("/", 1)[1]: payload for _t, topic, payload in self.messages
-                        if "/dictionary/" in topic}
-        committed: list[float] = []
-        delivered: list[float] = []
-        for received, topic, payload in self.messages:
-            if "/data/" not in topic:
-                continue
-            batch = decode_batch(payload, dictionaries)
-            created = batch.header["created"]
-            for table in batch.tables:
-                for stamp in table.timestamps:
-                    if stamp >= since:
-                        committed.append(created - stamp)
-                        delivered.append(received - stamp)
-        return {"frames": len(committed), "commit": _quantiles(committed), "deliver": _quantiles(delivered)}
-
-
-def _quantiles(values: list[float]) -> dict:
-    if not values:
-        return {"p50": math.nan, "p99": math.nan, "max": math.nan}
-    values = sorted(values)
-    return {"p50": values[len(values) // 2], "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
-            "max": values[-1]}
 
 
 # --- the phases ---------------------------------------------------------------------------------------------------
@@ -417,13 +309,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=10_000, help="steady phases, frames/s (default 10000)")
     parser.add_argument("--saturate", type=float, default=9_000, help="frames/s per bus, two buses (default 9000)")
     parser.add_argument("--seconds", type=float, default=35, help="length of each live phase (default 35)")
-    parser.add_argument("--serve-paced", choices=("mix", "each"), help=argparse.SUPPRESS)
     parser.add_argument("--transport-only", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_paced:
-        serve_paced(args.serve_paced, args.rate, args.seconds)
-        return 0
     if args.transport_only:
         transport_only(args.transport_only, args.port, args.seconds)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
