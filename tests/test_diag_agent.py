@@ -24,7 +24,7 @@ from agent.runtime import AgentRuntime
 from agent.sources.live import LiveSource
 from agent.yamlsrc import ConfigError
 from simulator.ecu import EcuScript, Ramp, ScriptedDtc, ScriptedEcu, UdsDtc
-from tests.e2e_support import grant
+from tests.e2e_support import grant, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 OBD_DBC = REPO / "dbc" / "obd2" / "obd2_j1979.dbc"
@@ -119,15 +119,6 @@ def test_no_diagnostics_section_sends_nothing(tmp_path):
     assert diagnostics_config(loaded).requests == ()
 
 
-def _wait(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_a_reload_applies_changed_requests_and_keeps_their_counters(tmp_path):
     channel = f"obd-{uuid.uuid4().hex[:8]}"
     config = write_config(tmp_path, "    - {bus: obd, kind: obd01, pids: [0x0C], period_s: 0.2}\n")
@@ -138,15 +129,19 @@ def test_a_reload_applies_changed_requests_and_keeps_their_counters(tmp_path):
     ecu = ScriptedEcu(ecu_bus, EcuScript(pids={0x0C: 1800.0, 0x05: 85.0}, stored=[ScriptedDtc("P0301")]))
     agent = AgentRuntime(config, source=LiveSource({"obd": agent_obd, "body": agent_body}))
     runner = threading.Thread(target=agent.run)
+
+    def counters() -> dict:  # of whichever runner the agent has now (a reload may replace it)
+        return agent.diagnostics.snapshot()["requests"]
+
     with ecu:
         agent.start()
         runner.start()
         try:
-            assert _wait(lambda: agent.diagnostics.snapshot()["requests"]["obd:obd01"]["responses_seen"] >= 3)
+            assert wait_until(lambda: counters()["obd:obd01"]["responses_seen"] >= 3, 10, 0.02)
             first = agent.diagnostics
             # The same requests again: the running requests go on untouched.
             agent.request_reload()
-            assert _wait(lambda: agent.reloads["ok"] == 1)
+            assert wait_until(lambda: agent.reloads["ok"] == 1, 10, 0.02)
             assert agent.diagnostics is first
             before = first.snapshot()["requests"]["obd:obd01"]["requests_sent"]
             config.write_text(config.read_text().replace(
@@ -154,10 +149,9 @@ def test_a_reload_applies_changed_requests_and_keeps_their_counters(tmp_path):
                 "    - {bus: obd, kind: obd01, pids: [0x0C, 0x05], period_s: 0.2}\n"
                 "    - {bus: obd, kind: obd03, period_s: 0.2}\n"))
             agent.request_reload()
-            assert _wait(lambda: agent.reloads["ok"] == 2)
+            assert wait_until(lambda: agent.reloads["ok"] == 2, 10, 0.02)
             reloaded_at = ecu.elapsed  # the old runner stopped before the reload counted
-            assert _wait(lambda: agent.diagnostics.snapshot()["requests"].get("obd:obd03", {})
-                         .get("responses_seen", 0) >= 3)
+            assert wait_until(lambda: counters().get("obd:obd03", {}).get("responses_seen", 0) >= 3, 10, 0.02)
         finally:
             agent.stop()
             runner.join(20)

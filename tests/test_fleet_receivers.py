@@ -47,7 +47,7 @@ def backlogs(tmp_path, shared_data):
 
 def _load(mosquitto, database, backlogs, receivers: Receivers, kill_at: float | None = None) -> dict:
     committed = sum(n for _, _, n in backlogs)
-    # A small window per vehicle: the load lasts long enough to kill a receiver in the middle of it.
+    # A small window per vehicle: many batches stay given but unacknowledged at any time.
     uplinks = [Uplink(plain_config(mosquitto, in_flight=2), store, vehicle) for vehicle, store, _ in backlogs]
     killed_at = None
     if kill_at is not None:

@@ -219,22 +219,19 @@ class TransportChecker:
                                      for key, layout in merged.items()}
         return table
 
-    def continue_from(self, previous: TransportChecker) -> int:
+    def continue_from(self, previous: TransportChecker) -> None:
         """Go on from the checker a reload replaces: a message checked the same way (same counters and moduli,
         same checksums and algorithms, same length) keeps its counts and its counters' last values, so the
         reload neither resets the data-quality counters nor shows as a resync; a message whose checks changed
-        starts afresh.  Returns how many messages went on."""
-        went_on = 0
+        starts afresh."""
         for bus, old_table in previous._tables.items():
-            table = self._tables.get(bus)
-            if table is None:
-                table = self._build(bus)
+            table = self._tables.get(bus) or self._build(bus)
             for key, old in old_table.items():
                 watch = table.get(key)
                 if watch is not None and _same_checks(watch, old):
-                    watch.counts, watch.counters = old.counts, old.counters
-                    went_on += 1
-        return went_on
+                    watch.counts = old.counts
+                    for (_field, track), (_old_field, old_track) in zip(watch.counters, old.counters):
+                        track.previous, track.last_time = old_track.previous, old_track.last_time
 
     def on_raw(self, bus: str, msg: can.Message) -> None:
         table = self._tables.get(bus)

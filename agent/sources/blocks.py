@@ -24,7 +24,6 @@ import can
 Frame = TypeVar("Frame")
 
 
-
 @dataclass(frozen=True)
 class BlockLimits:
     """A block goes to the pipeline when it holds ``frames`` frames or ``age_s`` after its first frame arrived

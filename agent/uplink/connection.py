@@ -30,12 +30,11 @@ CONNECT_LOOP_S = 0.2  # paho's loop() per turn: how soon a stop or a missing CON
 class ConnectionLoop:
     """One MQTT connection at a time to the configured broker, kept up with backoff until ``stop``."""
 
-    def __init__(self, config: UplinkConfig, client_id: str, backoff: Backoff, environ: Mapping[str, str],
+    def __init__(self, config: UplinkConfig, backoff: Backoff, environ: Mapping[str, str],
                  new_session: Callable[[Endpoint, Any], Session], *, on_status: Callable[[str], None],
                  on_refused: Callable[[str], None], on_failed: Callable[[str], None]) -> None:
         """``new_session(endpoint, tls_context)`` makes a session wired to the caller's hooks."""
         self.config = config
-        self.client_id = client_id
         self.stopping = threading.Event()
         self.session: Session | None = None  # the latest; may be closed
         self.endpoint: Endpoint | None = None  # once the configured broker passed the checks

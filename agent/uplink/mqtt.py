@@ -77,7 +77,7 @@ class Uplink:
         self._gate = gate
         self._delivery = DeliveryRecorder(store, gate, self._broker_name)
         self._connection = ConnectionLoop(
-            config, self.client_id, Backoff(config.backoff_min, config.backoff_max, rng or random.Random()),
+            config, Backoff(config.backoff_min, config.backoff_max, rng or random.Random()),
             os.environ if environ is None else environ, self._new_session, on_status=self._set_status,
             on_refused=self._refuse, on_failed=self._connection_failed)
         self._limiter = ByteRateLimiter(config.byte_rate_limit)
